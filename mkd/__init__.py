@@ -1,0 +1,1 @@
+"""mkd: a daemon that runs MimicKit training jobs under supervision."""
