@@ -1,0 +1,381 @@
+"""GPUs through NVML: a sampler that never raises, plain readings, and who holds what.
+
+This is the only module that imports pynvml, and it does so lazily, on the
+first sample: importing mkd.gpus loads nothing, so the reading types can be
+used (by the snapshot, metrics and status) without NVML.
+
+NVML missing is a normal state, not a fault: without the library (NVML error
+12), without a driver (9) or after any other failure of nvmlInit, a sample is
+``GpuReading(available=False, error=...)`` and mkd keeps running; the sampler
+tries nvmlInit again at most every ``retry_init_seconds``.  One NVML session
+serves the sampler's whole life (nvmlInit once, nvmlShutdown in close()).
+
+GPUs are listed in PCI bus order.  mkd starts children with
+CUDA_DEVICE_ORDER=PCI_BUS_ID, so the n-th GPU of a reading is CUDA device n
+when CUDA_VISIBLE_DEVICES is unset.
+
+Attribution: NVML reports GPU memory per pid.  The daemon maps pids to jobs
+with process_group_members(pgid) of each attempt (MimicKit's workers stay in
+the root's process group, even after the root dies and they are reparented
+to PID 1), falling back to process_tree(root_pid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+
+# NVML constants (nvml.h), kept here so the module needs no pynvml to import.
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_SM = 1
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    used_bytes: int
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU at one moment.  A field NVML could not read is None ("" for
+    identity strings); ``error`` says why, when it was an error and not
+    "not supported"."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    utilization_pct: float | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    power_watts: float | None
+    temperature_c: float | None
+    sm_clock_hz: float | None
+    processes: tuple[GpuProcess, ...]
+    error: str | None = None
+
+    @property
+    def memory_free_bytes(self) -> int | None:
+        if self.memory_used_bytes is None or self.memory_total_bytes is None:
+            return None
+        return self.memory_total_bytes - self.memory_used_bytes
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    available: bool
+    error: str | None
+    gpus: tuple[GpuSample, ...]
+    driver_version: str | None
+    taken_at: float  # wall time (time.time())
+
+    @classmethod
+    def unavailable(cls, error: str, taken_at: float) -> GpuReading:
+        return cls(available=False, error=error, gpus=(), driver_version=None, taken_at=taken_at)
+
+    def by_uuid(self, uuid: str) -> GpuSample | None:
+        return next((g for g in self.gpus if g.uuid == uuid), None)
+
+
+def describe_nvml_error(exc: Any) -> str:
+    """``Driver Not Loaded (NVML error 9)``: pynvml's text plus the code."""
+    return f"{exc} (NVML error {getattr(exc, 'value', '?')})"
+
+
+class _FieldReader:
+    """Reads one GPU's fields: not supported -> None; any other error -> None
+    and the first error kept; after "GPU is lost" nothing more is asked."""
+
+    def __init__(self, nvml: Any) -> None:
+        self._nvml = nvml
+        self.error: str | None = None
+        self.lost = False
+
+    def get(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.lost:
+            return None
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as exc:
+            if exc.value in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                return None
+            if self.error is None:
+                self.error = describe_nvml_error(exc)
+            self.lost = exc.value == NVML_ERROR_GPU_IS_LOST
+            return None
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class GpuSampler:
+    """Samples every GPU through one NVML session.  Not thread-safe: one
+    caller (the daemon loop, or a CLI command) owns it."""
+
+    def __init__(
+        self,
+        *,
+        retry_init_seconds: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._retry_init_seconds = retry_init_seconds
+        self._monotonic = monotonic
+        self._wall = wall
+        self._nvml: Any = None  # the pynvml module while a session is open
+        self._error = "NVML not initialised yet"
+        self._failed_at: float | None = None
+        self._driver_version: str | None = None
+        self._identity: dict[int, tuple[str, str, str]] = {}  # index -> uuid, name, bus id
+
+    def __enter__(self) -> GpuSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sample(self) -> GpuReading:
+        taken_at = self._wall()
+        try:
+            nvml = self._session()
+            if nvml is None:
+                return GpuReading.unavailable(self._error, taken_at)
+            return self._read(nvml, taken_at)
+        except Exception as exc:  # boundary: a GPU sample never takes the daemon down
+            log.exception("GPU sample failed")
+            self._end_session(f"unexpected error: {exc!r}")
+            return GpuReading.unavailable(self._error, taken_at)
+
+    def close(self) -> None:
+        nvml, self._nvml = self._nvml, None
+        self._identity.clear()
+        if nvml is not None:
+            try:
+                nvml.nvmlShutdown()
+            except nvml.NVMLError as exc:
+                log.warning("nvmlShutdown: %s", describe_nvml_error(exc))
+
+    def _session(self) -> Any:
+        if self._nvml is not None:
+            return self._nvml
+        now = self._monotonic()
+        if self._failed_at is not None and now - self._failed_at < self._retry_init_seconds:
+            return None
+        try:
+            nvml = importlib.import_module("pynvml")
+        except ImportError as exc:
+            self._error, self._failed_at = f"pynvml is not installed ({exc})", now
+            return None
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            self._error, self._failed_at = describe_nvml_error(exc), now
+            log.info("NVML unavailable: %s", self._error)
+            return None
+        self._nvml, self._failed_at = nvml, None
+        try:
+            self._driver_version = _text(nvml.nvmlSystemGetDriverVersion())
+        except nvml.NVMLError:
+            self._driver_version = None
+        return nvml
+
+    def _end_session(self, error: str) -> None:
+        self.close()
+        self._error, self._failed_at = error, self._monotonic()
+
+    def _read(self, nvml: Any, taken_at: float) -> GpuReading:
+        try:
+            count = nvml.nvmlDeviceGetCount()
+        except nvml.NVMLError as exc:
+            self._end_session(describe_nvml_error(exc))
+            return GpuReading.unavailable(self._error, taken_at)
+        gpus = sorted(
+            (self._read_gpu(nvml, i) for i in range(count)),
+            key=lambda g: (g.pci_bus_id == "", g.pci_bus_id, g.index),
+        )
+        return GpuReading(True, None, tuple(gpus), self._driver_version, taken_at)
+
+    def _read_gpu(self, nvml: Any, index: int) -> GpuSample:
+        reader = _FieldReader(nvml)
+        handle = reader.get(nvml.nvmlDeviceGetHandleByIndex, index)
+        if handle is None:
+            uuid, name, bus_id = self._identity.get(index, ("", "", ""))
+            return GpuSample(index, uuid, name, bus_id, None, None, None, None, None, None, (), reader.error)
+        uuid, name, bus_id = self._identity.get(index) or self._read_identity(nvml, reader, handle, index)
+        util = reader.get(nvml.nvmlDeviceGetUtilizationRates, handle)
+        mem = reader.get(nvml.nvmlDeviceGetMemoryInfo, handle)
+        power_mw = reader.get(nvml.nvmlDeviceGetPowerUsage, handle)
+        temp = reader.get(nvml.nvmlDeviceGetTemperature, handle, NVML_TEMPERATURE_GPU)
+        sm_mhz = reader.get(nvml.nvmlDeviceGetClockInfo, handle, NVML_CLOCK_SM)
+        procs = reader.get(nvml.nvmlDeviceGetComputeRunningProcesses_v3, handle)
+        return GpuSample(
+            index=index,
+            uuid=uuid,
+            name=name,
+            pci_bus_id=bus_id,
+            utilization_pct=float(util.gpu) if util is not None else None,
+            memory_used_bytes=int(mem.used) if mem is not None else None,
+            memory_total_bytes=int(mem.total) if mem is not None else None,
+            power_watts=power_mw / 1000.0 if power_mw is not None else None,
+            temperature_c=float(temp) if temp is not None else None,
+            sm_clock_hz=sm_mhz * 1e6 if sm_mhz is not None else None,
+            processes=tuple(GpuProcess(int(p.pid), int(p.usedGpuMemory or 0)) for p in procs or ()),
+            error=reader.error,
+        )
+
+    def _read_identity(
+        self, nvml: Any, reader: _FieldReader, handle: Any, index: int
+    ) -> tuple[str, str, str]:
+        # Identity does not change during a session: read it once, keep it, so a
+        # GPU that is lost later still carries its uuid.
+        uuid = reader.get(nvml.nvmlDeviceGetUUID, handle)
+        name = reader.get(nvml.nvmlDeviceGetName, handle)
+        pci = reader.get(nvml.nvmlDeviceGetPciInfo_v3, handle)
+        bus_id = _text(pci.busId).upper() if pci is not None else None
+        identity = (_text(uuid or ""), _text(name or ""), bus_id or "")
+        if uuid is not None and name is not None and bus_id is not None:
+            self._identity[index] = identity
+        return identity
+
+
+# --- pids, process groups and jobs ------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ProcStat:
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+
+
+def _proc_stats(proc: Path) -> Iterator[_ProcStat]:
+    """Every live (not zombie) process of /proc; ones that vanish mid-scan are skipped."""
+    try:
+        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
+    except OSError:
+        return
+    for name in entries:
+        try:
+            data = (proc / name / "stat").read_text(errors="replace")
+        except OSError:
+            continue
+        # comm (field 2) is in parentheses and may hold spaces or ')'.
+        fields = data[data.rfind(")") + 2 :].split()
+        if len(fields) < 3 or fields[0] in ("Z", "X"):
+            continue
+        yield _ProcStat(int(name), fields[0], int(fields[1]), int(fields[2]))
+
+
+def process_tree(root_pid: int, proc: Path = PROC) -> set[int]:
+    """root_pid and all its live descendants (empty if root_pid is gone)."""
+    stats = list(_proc_stats(proc))
+    if not any(s.pid == root_pid for s in stats):
+        return set()
+    children: dict[int, list[int]] = {}
+    for s in stats:
+        children.setdefault(s.ppid, []).append(s.pid)
+    found, todo = {root_pid}, deque([root_pid])
+    while todo:
+        for child in children.get(todo.popleft(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def process_group_members(pgid: int, proc: Path = PROC) -> set[int]:
+    """Live processes whose process group is pgid, wherever they were reparented."""
+    return {s.pid for s in _proc_stats(proc) if s.pgrp == pgid}
+
+
+def attribute_processes(reading: GpuReading, owners: Mapping[int, str]) -> dict[tuple[str, str], int]:
+    """GPU memory per (gpu uuid, job_id); job_id "" for pids no job owns."""
+    out: dict[tuple[str, str], int] = {}
+    for gpu in reading.gpus:
+        for p in gpu.processes:
+            key = (gpu.uuid, owners.get(p.pid, ""))
+            out[key] = out.get(key, 0) + p.used_bytes
+    return out
+
+
+# --- rendering ----------------------------------------------------------------
+
+
+def _num(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else str(value // MIB)
+
+
+def format_gpus_table(reading: GpuReading, holders: Mapping[str, str]) -> str:
+    """The ``mkd gpus`` table; holders maps gpu uuid -> job_id."""
+    if not reading.available:
+        return f"NVML is unavailable: {reading.error}. No GPU data (mkd keeps running without it)."
+    if not reading.gpus:
+        return f"NVML found no GPUs (driver {reading.driver_version or 'unknown'})."
+    header = ("GPU", "NAME", "UTIL %", "MEMORY USED/TOTAL MiB", "POWER W", "TEMP C", "JOB")
+    rows = [
+        (
+            str(g.index),
+            g.name or "?",
+            _num(g.utilization_pct),
+            f"{_mib(g.memory_used_bytes)}/{_mib(g.memory_total_bytes)}",
+            _num(g.power_watts),
+            _num(g.temperature_c),
+            holders.get(g.uuid, "-"),
+        )
+        for g in reading.gpus
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {0, 2, 3, 4, 5}
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = (
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    lines = [line(r) for r in [header, *rows]]
+    lines += [f"GPU {g.index}: {g.error}" for g in reading.gpus if g.error]
+    return "\n".join(lines)
+
+
+def reading_to_dict(reading: GpuReading) -> dict[str, Any]:
+    """A JSON-ready dict (``mkd gpus --json``, status.json)."""
+    return dataclasses.asdict(reading)
+
+
+def reading_from_dict(data: Mapping[str, Any]) -> GpuReading:
+    gpus = tuple(
+        GpuSample(**{**g, "processes": tuple(GpuProcess(**p) for p in g["processes"])}) for g in data["gpus"]
+    )
+    return GpuReading(
+        available=data["available"],
+        error=data["error"],
+        gpus=gpus,
+        driver_version=data["driver_version"],
+        taken_at=data["taken_at"],
+    )
