@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from mkd.gpus import GpuReading
 
@@ -26,8 +25,6 @@ JOB_STATES: tuple[str, ...] = (
     "lost",
 )
 ACTIVE_STATES = frozenset({"starting", "running"})
-
-_EMPTY: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class JobView:
     train_episode_length: float | None = None
     test_episode_length: float | None = None
     wall_time_seconds: float | None = None
-    losses: Mapping[str, float] = field(default=_EMPTY)  # e.g. Critic_Loss, Actor_Loss; may be NaN
+    losses: Mapping[str, float] = field(default_factory=dict)  # e.g. Critic_Loss, Actor_Loss; may be NaN
     seconds_since_progress: float | None = None
     best_test_return: float | None = None
     median_samples_per_second: float | None = None
@@ -64,17 +61,17 @@ class JobView:
 class DaemonView:
     started_at: float  # wall time
     jobs: tuple[JobView, ...] = ()
-    jobs_by_state: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    jobs_by_state: Mapping[str, int] = field(default_factory=dict)
     attempts_total: int = 0
-    failures_by_class: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    failures_by_class: Mapping[str, int] = field(default_factory=dict)
     retries_total: int = 0
     queue_length: int = 0
     rejected_files_total: int = 0
     intake_errors_total: int = 0
     gpu: GpuReading = field(default_factory=lambda: GpuReading.unavailable("no GPU sample yet", 0.0))
-    gpu_holders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # uuid -> job_id
+    gpu_holders: Mapping[str, str] = field(default_factory=dict)  # uuid -> job_id
     gpu_process_bytes: Mapping[tuple[str, str], int] = field(  # (uuid, job_id) -> bytes
-        default_factory=lambda: MappingProxyType({})
+        default_factory=dict
     )
     tick_seconds: float = 0.0  # how long the last tick took
 
