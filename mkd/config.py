@@ -1,0 +1,116 @@
+"""The daemon's own configuration (`etc/mkd.toml`), validated like a job file.
+
+Relative paths are resolved against a base directory chosen by the caller (the config
+file's directory, or the current directory for the embedded defaults), so `mkd run` with
+no flags works from a checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mkd.spec import Frozen, Retry, Watch
+from mkd.units import ByteSize, Duration
+
+RUNBOOK_NCCL = {
+    "NCCL_P2P_DISABLE": "1",
+    "NCCL_IB_DISABLE": "1",
+    "NCCL_CUMEM_ENABLE": "0",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+}
+
+
+class Paths(Frozen):
+    state_dir: str = "var"
+    jobs_dir: str = "jobs"
+    runs_dir: str = "runs"
+
+
+class IntakeConfig(Frozen):
+    max_file_size: ByteSize = 256 * 1024
+    settle: Duration = timedelta(seconds=2)
+    allowed_uids: list[int] | None = Field(None, description="Owners allowed to submit; default: mkd's user and root.")
+    allowed_gids: list[int] = Field(default_factory=list, description="Owner groups also allowed to submit.")
+    allowed_roots: list[str] = Field(
+        default_factory=list, description="Where a job's mimickit_dir / cwd may be; empty: anywhere readable."
+    )
+
+
+class MetricsConfig(Frozen):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9400, ge=0, le=65535)
+    retention: Duration = timedelta(hours=1)
+    hpc_job_mapping_dir: str | None = None
+
+
+class GpuConfig(Frozen):
+    sample_every: Duration = timedelta(seconds=5)
+    busy_memory: ByteSize = 2 * 2**30
+    memory_freed_below: ByteSize = 1 * 2**30
+
+
+class DaemonConfig(Frozen):
+    paths: Paths = Field(default_factory=Paths)
+    mimickit_dir: str = "."
+    mimickit_python: str = Field(default_factory=lambda: sys.executable)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tick: Duration = timedelta(milliseconds=100)
+    max_running: int = Field(64, ge=1)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    nccl_presets: dict[str, dict[str, str]] = Field(default_factory=lambda: {"runbook": dict(RUNBOOK_NCCL)})
+    base_env: dict[str, str] = Field(default_factory=dict)
+    retry: Retry = Field(default_factory=Retry)
+    watch: Watch = Field(default_factory=Watch)
+    console_log_max: ByteSize = 64 * 2**20
+    console_log_backups: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _preset_names(self) -> DaemonConfig:
+        preset = self.retry.apply_nccl_preset_on_failure
+        if preset is not None and preset not in self.nccl_presets:
+            raise ValueError(f"retry.apply_nccl_preset_on_failure = {preset!r} names no preset in [nccl_presets]")
+        return self
+
+
+class Layout:
+    """Absolute paths derived from a config and a base directory."""
+
+    def __init__(self, config: DaemonConfig, base: Path) -> None:
+        def resolve(p: str) -> Path:
+            path = Path(os.path.expanduser(p))
+            return path if path.is_absolute() else (base / path)
+
+        self.base = base
+        self.state_dir = resolve(config.paths.state_dir)
+        self.jobs_dir = resolve(config.paths.jobs_dir)
+        self.runs_dir = resolve(config.paths.runs_dir)
+        self.mimickit_dir = resolve(config.mimickit_dir)
+        self.incoming = self.jobs_dir / "incoming"
+        self.rejected = self.jobs_dir / "rejected"
+        self.control = self.jobs_dir / "control"
+        self.claimed = self.state_dir / "claimed"
+        self.db = self.state_dir / "mkd.sqlite3"
+        self.lock = self.state_dir / "mkd.lock"
+
+    def state_folder(self, state: str) -> Path:
+        """Where the job file of a job in this state is mirrored for people."""
+        return self.jobs_dir / state
+
+    def create(self) -> None:
+        for path in (self.state_dir, self.incoming, self.rejected, self.control, self.claimed, self.runs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def default_config_text() -> str:
+    """The embedded defaults, the same file as etc/mkd.toml."""
+    return resources.files("mkd").joinpath("defaults/mkd.toml").read_text(encoding="utf-8")

@@ -1,0 +1,69 @@
+"""Job and attempt states, and the only transitions allowed between them.
+
+Kept in one place so the store can refuse an impossible change (a finished job starting
+again) instead of recording it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # accepted, waiting for devices
+    RUNNING = "running"  # an attempt of one of its stages is alive
+    RETRY_WAIT = "retry_wait"  # an attempt failed; the next one starts after a backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+    @property
+    def folder(self) -> str:
+        """Folder under jobs/ that mirrors this state for people."""
+        return {"succeeded": "done"}.get(self.value, self.value)
+
+
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+LIVE = frozenset(JobState) - FINISHED
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {JobState.RUNNING, JobState.RETRY_WAIT, JobState.QUEUED, *FINISHED},
+    ),
+    JobState.RETRY_WAIT: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class AttemptState(StrEnum):
+    STARTING = "starting"  # shim launched, first iteration not seen yet
+    RUNNING = "running"  # progress seen
+    STOPPING = "stopping"  # mkd asked it to stop (cancel, timeout, stall, kill-now signature)
+    ENDED = "ended"
+
+
+class Outcome(StrEnum):
+    """How an attempt ended."""
+
+    SUCCEEDED = "succeeded"  # exit 0 and its stage's pass checks held
+    FAILED = "failed"  # non-zero exit, or exit 0 with a pass check missing
+    KILLED = "killed"  # ended by a signal mkd did not send
+    STOPPED = "stopped"  # mkd stopped it (see the attempt's stop reason)
+    SPAWN_FAILED = "spawn_failed"
+    LOST = "lost"  # found dead on restore with no exit status recorded
+
+
+class TransitionError(ValueError):
+    pass
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise TransitionError(f"a job cannot go from {old} to {new}")
