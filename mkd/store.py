@@ -1,0 +1,452 @@
+"""The durable store: jobs, their attempts and a timeline of events, in SQLite (WAL).
+
+The single source of truth. The daemon is its only writer; the CLI opens it read-only.
+Nothing here holds a process handle: runtime state lives in the daemon. A write that
+fails raises StoreError, and the daemon stops rather than run on with unsaved state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mkd.states import AttemptState, JobState, check_transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    source_file TEXT NOT NULL,
+    source_text TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    claim_token TEXT NOT NULL UNIQUE,
+    submitted_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    stage_index INTEGER NOT NULL DEFAULT 0,
+    stage_data TEXT NOT NULL DEFAULT '{}',
+    plan TEXT NOT NULL DEFAULT '{}',
+    next_attempt_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS live_names ON jobs(name)
+    WHERE state IN ('queued', 'running', 'retry_wait');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority, seq);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(job_id),
+    number INTEGER NOT NULL,
+    stage_index INTEGER NOT NULL,
+    stage_label TEXT NOT NULL,
+    state TEXT NOT NULL,
+    params TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    shim_pid INTEGER,
+    shim_start INTEGER,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    returncode INTEGER,
+    signal INTEGER,
+    outcome TEXT,
+    failure_class TEXT,
+    evidence TEXT NOT NULL DEFAULT '[]',
+    stop_reason TEXT,
+    progress TEXT NOT NULL DEFAULT '{}',
+    UNIQUE(job_id, number)
+);
+CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+JOB_COLUMNS = [
+    "job_id",
+    "name",
+    "state",
+    "priority",
+    "source_file",
+    "spec",
+    "claim_token",
+    "submitted_at",
+    "updated_at",
+    "finished_at",
+    "reason",
+    "stage_index",
+    "stage_data",
+    "plan",
+    "next_attempt_at",
+    "cancel_requested",
+]
+ATTEMPT_COLUMNS = [
+    "id",
+    "job_id",
+    "number",
+    "stage_index",
+    "stage_label",
+    "state",
+    "params",
+    "dir",
+    "shim_pid",
+    "shim_start",
+    "started_at",
+    "ended_at",
+    "returncode",
+    "signal",
+    "outcome",
+    "failure_class",
+    "evidence",
+    "stop_reason",
+    "progress",
+]
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the daemon must stop."""
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    name: str
+    state: JobState
+    priority: int
+    source_file: str
+    spec: dict[str, Any]
+    claim_token: str
+    submitted_at: float
+    updated_at: float
+    finished_at: float | None
+    reason: str
+    stage_index: int
+    stage_data: dict[str, Any]
+    plan: dict[str, Any]
+    next_attempt_at: float | None
+    cancel_requested: bool
+
+
+@dataclass
+class AttemptRecord:
+    id: int
+    job_id: str
+    number: int
+    stage_index: int
+    stage_label: str
+    state: AttemptState
+    params: dict[str, Any]
+    dir: str
+    shim_pid: int | None
+    shim_start: int | None
+    started_at: float
+    ended_at: float | None
+    returncode: int | None
+    signal: int | None
+    outcome: str | None
+    failure_class: str | None
+    evidence: list[str]
+    stop_reason: str | None
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    job_id: str | None
+    at: float
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+_JSON_JOB = {"spec", "stage_data", "plan"}
+_JSON_ATTEMPT = {"params", "evidence", "progress"}
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    values = {k: (json.loads(row[k]) if k in _JSON_JOB else row[k]) for k in JOB_COLUMNS}
+    values["state"] = JobState(values["state"])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return JobRecord(**values)
+
+
+def _attempt(row: sqlite3.Row) -> AttemptRecord:
+    values = {k: (json.loads(row[k]) if k in _JSON_ATTEMPT else row[k]) for k in ATTEMPT_COLUMNS}
+    values["state"] = AttemptState(values["state"])
+    return AttemptRecord(**values)
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (or create) the store; a corrupt file is an error, never a silent reset."""
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(check)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot open the store {path}: {error}. If the file is damaged, move it away "
+                "(mkd starts a new one) or restore a backup; mkd never resets it by itself."
+            ) from None
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot write the store {self.path}: {error}") from None
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def job_id_for(self, name: str) -> str:
+        """The id for a new job called `name`: the name itself, or name.N if it was used before."""
+        taken = {r[0] for r in self._conn.execute("SELECT job_id FROM jobs WHERE name = ?", (name,))}
+        if name not in taken:
+            return name
+        n = 2
+        while f"{name}.{n}" in taken:
+            n += 1
+        return f"{name}.{n}"
+
+    def live_job_named(self, name: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT job_id FROM jobs WHERE name = ? AND state IN ('queued','running','retry_wait')", (name,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def insert_job(
+        self,
+        *,
+        job_id: str,
+        name: str,
+        priority: int,
+        source_file: str,
+        source_text: str,
+        spec: dict[str, Any],
+        claim_token: str,
+        now: float,
+    ) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO jobs (job_id, name, state, priority, source_file, source_text, spec, claim_token,"
+                " submitted_at, updated_at, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job_id,
+                    name,
+                    JobState.QUEUED,
+                    priority,
+                    source_file,
+                    source_text,
+                    json.dumps(spec),
+                    claim_token,
+                    now,
+                    now,
+                    "accepted",
+                ),
+            )
+            self._event(tx, job_id, now, "queued", f"accepted from {source_file}", {})
+
+    def has_claim(self, token: str) -> str | None:
+        row = self._conn.execute("SELECT job_id FROM jobs WHERE claim_token = ?", (token,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._conn.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def source_text(self, job_id: str) -> str:
+        row = self._conn.execute("SELECT source_text FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return "" if row is None else str(row[0])
+
+    def jobs(self, states: set[JobState] | None = None, limit: int | None = None) -> list[JobRecord]:
+        sql = f"SELECT {','.join(JOB_COLUMNS)} FROM jobs"
+        args: list[Any] = []
+        if states is not None:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args.extend(s.value for s in states)
+        sql += " ORDER BY seq DESC" if limit else " ORDER BY priority DESC, seq"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_job(r) for r in self._conn.execute(sql, args)]
+
+    def find_job(self, name_or_id: str) -> JobRecord | None:
+        """A job by id, or the newest job with that name."""
+        found = self.get_job(name_or_id)
+        if found is not None:
+            return found
+        row = self._conn.execute(
+            f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE name = ? ORDER BY seq DESC LIMIT 1",
+            (name_or_id,),
+        ).fetchone()
+        return None if row is None else _job(row)
+
+    def set_job_state(self, job_id: str, new: JobState, reason: str, now: float, **fields: Any) -> None:
+        """Change a job's state (checked against the allowed transitions) and log it."""
+        with self.transaction() as tx:
+            row = tx.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            old = JobState(row[0])
+            check_transition(old, new)
+            values: dict[str, Any] = {"state": new.value, "reason": reason, "updated_at": now, **fields}
+            if new.finished:
+                values["finished_at"] = now
+            self._update(tx, "jobs", "job_id", job_id, values)
+            if old != new:
+                self._event(tx, job_id, now, "state", f"{old} -> {new}: {reason}", {"from": old, "to": new})
+
+    def update_job(self, job_id: str, now: float, **fields: Any) -> None:
+        with self.transaction() as tx:
+            self._update(tx, "jobs", "job_id", job_id, {"updated_at": now, **fields})
+
+    # --- attempts ---------------------------------------------------------------------
+
+    def add_attempt(
+        self, *, job_id: str, stage_index: int, stage_label: str, params: dict[str, Any], dir: str, now: float
+    ) -> AttemptRecord:
+        with self.transaction() as tx:
+            row = tx.execute("SELECT COALESCE(MAX(number), 0) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()
+            number = int(row[0]) + 1
+            cur = tx.execute(
+                "INSERT INTO attempts (job_id, number, stage_index, stage_label, state, params, dir, started_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    job_id,
+                    number,
+                    stage_index,
+                    stage_label,
+                    AttemptState.STARTING,
+                    json.dumps(params),
+                    dir,
+                    now,
+                ),
+            )
+            attempt_id = int(cur.lastrowid or 0)
+            self._bump(tx, "attempts_total")
+        found = self.get_attempt(attempt_id)
+        assert found is not None
+        return found
+
+    def get_attempt(self, attempt_id: int) -> AttemptRecord | None:
+        row = self._conn.execute(
+            f"SELECT {','.join(ATTEMPT_COLUMNS)} FROM attempts WHERE id = ?", (attempt_id,)
+        ).fetchone()
+        return None if row is None else _attempt(row)
+
+    def attempts(self, job_id: str | None = None, *, live_only: bool = False) -> list[AttemptRecord]:
+        sql = f"SELECT {','.join(ATTEMPT_COLUMNS)} FROM attempts"
+        where, args = [], []
+        if job_id is not None:
+            where.append("job_id = ?")
+            args.append(job_id)
+        if live_only:
+            where.append("state != 'ended'")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_attempt(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def update_attempt(self, attempt_id: int, **fields: Any) -> None:
+        with self.transaction() as tx:
+            self._update(tx, "attempts", "id", attempt_id, fields)
+
+    # --- events and counters ---------------------------------------------------------
+
+    def add_event(
+        self, job_id: str | None, now: float, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        with self.transaction() as tx:
+            self._event(tx, job_id, now, kind, message, data or {})
+
+    def events(self, job_id: str, limit: int = 200) -> list[Event]:
+        rows = self._conn.execute(
+            "SELECT id, job_id, at, kind, message, data FROM events WHERE job_id = ? ORDER BY id DESC LIMIT ?",
+            (job_id, limit),
+        ).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
+
+    def bump(self, name: str, by: int = 1) -> None:
+        with self.transaction() as tx:
+            self._bump(tx, name, by)
+
+    def counters(self) -> dict[str, int]:
+        return {str(r[0]): int(r[1]) for r in self._conn.execute("SELECT name, value FROM counters")}
+
+    def count_by_state(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobState}
+        for state, n in self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            counts[str(state)] = int(n)
+        return counts
+
+    def failures_by_class(self) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT failure_class, COUNT(*) FROM attempts WHERE failure_class IS NOT NULL GROUP BY failure_class"
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _update(tx: sqlite3.Connection, table: str, key: str, value: Any, fields: dict[str, Any]) -> None:
+        encoded = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        tx.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", (*encoded.values(), value))
+
+    @staticmethod
+    def _event(
+        tx: sqlite3.Connection, job_id: str | None, now: float, kind: str, message: str, data: dict[str, Any]
+    ) -> None:
+        tx.execute(
+            "INSERT INTO events (job_id, at, kind, message, data) VALUES (?,?,?,?,?)",
+            (job_id, now, kind, message, json.dumps(data, default=str)),
+        )
+
+    @staticmethod
+    def _bump(tx: sqlite3.Connection, name: str, by: int = 1) -> None:
+        tx.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, by, by),
+        )
+
+
+def wall_now() -> float:
+    return time.time()
