@@ -242,9 +242,7 @@ class GpuSampler:
             error=reader.error,
         )
 
-    def _read_identity(
-        self, nvml: Any, reader: _FieldReader, handle: Any, index: int
-    ) -> tuple[str, str, str]:
+    def _read_identity(self, nvml: Any, reader: _FieldReader, handle: Any, index: int) -> tuple[str, str, str]:
         # Identity does not change during a session: read it once, keep it, so a
         # GPU that is lost later still carries its uuid.
         uuid = reader.get(nvml.nvmlDeviceGetUUID, handle)
@@ -352,10 +350,7 @@ def format_gpus_table(reading: GpuReading, holders: Mapping[str, str]) -> str:
     right = {0, 2, 3, 4, 5}
 
     def line(cells: tuple[str, ...]) -> str:
-        padded = (
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
         return "  ".join(padded).rstrip()
 
     lines = [line(r) for r in [header, *rows]]
@@ -369,9 +364,7 @@ def reading_to_dict(reading: GpuReading) -> dict[str, Any]:
 
 
 def reading_from_dict(data: Mapping[str, Any]) -> GpuReading:
-    gpus = tuple(
-        GpuSample(**{**g, "processes": tuple(GpuProcess(**p) for p in g["processes"])}) for g in data["gpus"]
-    )
+    gpus = tuple(GpuSample(**{**g, "processes": tuple(GpuProcess(**p) for p in g["processes"])}) for g in data["gpus"])
     return GpuReading(
         available=data["available"],
         error=data["error"],

@@ -97,9 +97,7 @@ def _daemon_families(view: DaemonView) -> Iterator[Metric]:
     yield jobs
     yield GaugeMetricFamily("mkd_queue_length", "Jobs waiting to start.", value=view.queue_length)
     yield CounterMetricFamily("mkd_attempts_total", "Attempts started.", value=view.attempts_total)
-    failures = CounterMetricFamily(
-        "mkd_failures_total", "Failed attempts, per failure class.", labels=["class"]
-    )
+    failures = CounterMetricFamily("mkd_failures_total", "Failed attempts, per failure class.", labels=["class"])
     for cls, n in sorted(view.failures_by_class.items()):
         failures.add_metric([cls], n)
     yield failures
@@ -149,9 +147,7 @@ def _job_families(jobs: tuple[JobView, ...]) -> Iterator[Metric]:
             if value is not None:
                 family.add_metric([j.job_id], value)
         yield family
-    loss = _gauge(
-        "mkd_job_loss", "Last value of each loss column MimicKit logs (NaN as logged).", ["job_id", "name"]
-    )
+    loss = _gauge("mkd_job_loss", "Last value of each loss column MimicKit logs (NaN as logged).", ["job_id", "name"])
     for j in jobs:
         for loss_name, value in sorted(j.losses.items()):
             loss.add_metric([j.job_id, loss_name], value)
@@ -192,9 +188,7 @@ def _gpu_label(reading: GpuReading, uuid: str) -> str:
 
 def _gpu_families(view: DaemonView) -> Iterator[Metric]:
     reading = view.gpu
-    yield GaugeMetricFamily(
-        "mkd_nvml_up", "1 if NVML answered the last GPU sample.", value=int(reading.available)
-    )
+    yield GaugeMetricFamily("mkd_nvml_up", "1 if NVML answered the last GPU sample.", value=int(reading.available))
     info = _gauge("mkd_gpu_info", "A GPU's identity (value 1).", ["gpu", "uuid", "name", "pci_bus_id"])
     for g in reading.gpus:
         info.add_metric([str(g.index), g.uuid, g.name, g.pci_bus_id], 1)
