@@ -41,6 +41,7 @@ MIB = 1 << 20
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
 
@@ -57,7 +58,12 @@ class GpuProcess:
 class GpuSample:
     """One GPU at one moment.  A field NVML could not read is None ("" for
     identity strings); ``error`` says why, when it was an error and not
-    "not supported"."""
+    "not supported".  A GPU with an error is not fit to place work on.
+
+    Memory is NVML's v2 memory info, as nvidia-smi and DCGM show it: used
+    excludes what the driver reserves (memory_reserved_bytes, ~480 MiB on an
+    H100), total includes it.  With a driver that lacks v2, used includes the
+    reserved part and memory_reserved_bytes is None."""
 
     index: int
     uuid: str
@@ -71,12 +77,13 @@ class GpuSample:
     sm_clock_hz: float | None
     processes: tuple[GpuProcess, ...]
     error: str | None = None
+    memory_reserved_bytes: int | None = None
 
     @property
     def memory_free_bytes(self) -> int | None:
         if self.memory_used_bytes is None or self.memory_total_bytes is None:
             return None
-        return self.memory_total_bytes - self.memory_used_bytes
+        return self.memory_total_bytes - self.memory_used_bytes - (self.memory_reserved_bytes or 0)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class GpuSampler:
         self._failed_at: float | None = None
         self._driver_version: str | None = None
         self._identity: dict[int, tuple[str, str, str]] = {}  # index -> uuid, name, bus id
+        self._memory_v2 = True  # until the driver says it has no v2 memory info
 
     def __enter__(self) -> GpuSampler:
         return self
@@ -168,6 +176,7 @@ class GpuSampler:
     def close(self) -> None:
         nvml, self._nvml = self._nvml, None
         self._identity.clear()
+        self._memory_v2 = True
         if nvml is not None:
             try:
                 nvml.nvmlShutdown()
@@ -222,7 +231,7 @@ class GpuSampler:
             return GpuSample(index, uuid, name, bus_id, None, None, None, None, None, None, (), reader.error)
         uuid, name, bus_id = self._identity.get(index) or self._read_identity(nvml, reader, handle, index)
         util = reader.get(nvml.nvmlDeviceGetUtilizationRates, handle)
-        mem = reader.get(nvml.nvmlDeviceGetMemoryInfo, handle)
+        mem = reader.get(self._memory_info, nvml, handle)
         power_mw = reader.get(nvml.nvmlDeviceGetPowerUsage, handle)
         temp = reader.get(nvml.nvmlDeviceGetTemperature, handle, NVML_TEMPERATURE_GPU)
         sm_mhz = reader.get(nvml.nvmlDeviceGetClockInfo, handle, NVML_CLOCK_SM)
@@ -235,12 +244,26 @@ class GpuSampler:
             utilization_pct=float(util.gpu) if util is not None else None,
             memory_used_bytes=int(mem.used) if mem is not None else None,
             memory_total_bytes=int(mem.total) if mem is not None else None,
+            memory_reserved_bytes=int(mem.reserved) if mem is not None and hasattr(mem, "reserved") else None,
             power_watts=power_mw / 1000.0 if power_mw is not None else None,
             temperature_c=float(temp) if temp is not None else None,
             sm_clock_hz=sm_mhz * 1e6 if sm_mhz is not None else None,
             processes=tuple(GpuProcess(int(p.pid), int(p.usedGpuMemory or 0)) for p in procs or ()),
             error=reader.error,
         )
+
+    def _memory_info(self, nvml: Any, handle: Any) -> Any:
+        # v2 splits the driver's reserved memory out of "used"; drivers before
+        # R510 answer "argument version mismatch" or lack the function: then v1.
+        version = getattr(nvml, "nvmlMemory_v2", None)
+        if self._memory_v2 and version is not None:
+            try:
+                return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+            except nvml.NVMLError as exc:
+                if exc.value not in (NVML_ERROR_FUNCTION_NOT_FOUND, NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
+                    raise
+                self._memory_v2 = False
+        return nvml.nvmlDeviceGetMemoryInfo(handle)
 
     def _read_identity(self, nvml: Any, reader: _FieldReader, handle: Any, index: int) -> tuple[str, str, str]:
         # Identity does not change during a session: read it once, keep it, so a

@@ -24,7 +24,7 @@ show both or move from one to the other:
 |--------------------------------------------------|--------------------------------------|------------------|
 | mkd_gpu_utilization_ratio (gpu, uuid)            | DCGM_FI_DEV_GPU_UTIL (%)             | DCGM / 100       |
 | mkd_gpu_memory_used_bytes (gpu, uuid)            | DCGM_FI_DEV_FB_USED (MiB)            | DCGM * 2**20     |
-| mkd_gpu_memory_total_bytes (gpu, uuid)           | DCGM_FI_DEV_FB_USED + FB_FREE (MiB)  | DCGM * 2**20 (*) |
+| mkd_gpu_memory_total_bytes (gpu, uuid)           | DCGM_FI_DEV_FB_TOTAL (MiB) (*)       | DCGM * 2**20     |
 | mkd_gpu_power_watts (gpu, uuid)                  | DCGM_FI_DEV_POWER_USAGE (W)          | same             |
 | mkd_gpu_temperature_celsius (gpu, uuid)          | DCGM_FI_DEV_GPU_TEMP (C)             | same             |
 | mkd_gpu_sm_clock_hertz (gpu, uuid)               | DCGM_FI_DEV_SM_CLOCK (MHz)           | DCGM * 1e6       |
@@ -32,8 +32,10 @@ show both or move from one to the other:
 | mkd_gpu_job (gpu, uuid, job_id)                  | label hpc_job (job mapping files)    | 1 per held GPU   |
 | mkd_gpu_process_memory_bytes (gpu, uuid, job_id) | none (NVML per-process memory)       | bytes; job_id "" |
 
-(*) NVML's total memory includes what the driver reserves, so it can exceed
-DCGM's FB_USED + FB_FREE (DCGM also has FB_RESERVED) by a few hundred MiB.
+(*) FB_TOTAL = FB_USED + FB_FREE + FB_RESERVED.  mkd reads NVML's v2 memory
+info, so "used" excludes the driver's reserve (~480 MiB on an H100) and
+matches FB_USED and nvidia-smi's memory.used; on drivers without v2 (before
+R510) used includes the reserve.
 mkd_gpu_process_memory_bytes uses job_id "" for processes no mkd job owns.
 write_hpc_job_mapping() writes dcgm-exporter's job mapping files, so a
 dcgm-exporter on the same host labels its own metrics with mkd's job ids.

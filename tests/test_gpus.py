@@ -105,6 +105,27 @@ def test_per_process_memory(lib: Path) -> None:
     assert g0.memory_used_bytes == 1536 * MIB
 
 
+def test_memory_as_nvidia_smi_shows_it_with_the_driver_reserve_apart(lib: Path) -> None:
+    # the numbers of a real H100 holding 2.5 GiB + 1 GiB tensors (NVML v2 memory info)
+    g0, g1 = sample_once(nvml_env(lib, {"GPUS": 2, "MEM_RESERVED_MIB": 480, "MEM_USED_MIB_1": 4122})).gpus
+
+    assert (g0.memory_used_bytes, g0.memory_reserved_bytes, g0.memory_free_bytes) == (0, 480 * MIB, 81079 * MIB)
+    assert (g1.memory_used_bytes, g1.memory_free_bytes) == (4122 * MIB, 76957 * MIB)
+    assert g1.memory_total_bytes == 81559 * MIB
+
+
+def test_memory_falls_back_to_v1_on_drivers_without_v2(lib: Path) -> None:
+    env = nvml_env(lib, {"MEM_V2": "err:25", "MEM_RESERVED_MIB": 480, "MEM_USED_MIB": 1000})
+    with SamplerProcess(env) as sampler:
+        readings = [sampler.sample(), sampler.sample()]
+
+    for reading in readings:
+        (g,) = reading.gpus
+        assert g.error is None
+        assert (g.memory_used_bytes, g.memory_reserved_bytes) == (1480 * MIB, None)  # v1: reserve counted as used
+        assert g.memory_free_bytes == (81559 - 1480) * MIB
+
+
 def test_not_supported_fields_are_none_without_error(lib: Path) -> None:
     env = nvml_env(lib, {"GPUS": 2, "POWER_MW_1": "ns", "TEMP_C_1": "ns", "SM_CLOCK_MHZ_1": "ns"})
     g0, g1 = sample_once(env).gpus

@@ -16,6 +16,11 @@
  *   FAKE_NVML_MEM_UTIL[_<i>]       memory controller utilization percent (default 0)
  *   FAKE_NVML_MEM_TOTAL_MIB[_<i>]  default 81559
  *   FAKE_NVML_MEM_USED_MIB[_<i>]   default: the sum of the GPU's processes
+ *   FAKE_NVML_MEM_RESERVED_MIB[_<i>]  driver-reserved memory (default 0).  As in
+ *                                  NVML, v1 memory info counts it in "used", v2
+ *                                  reports it apart ("reserved")
+ *   FAKE_NVML_MEM_V2[_<i>]         "err:25" makes nvmlDeviceGetMemoryInfo_v2 fail
+ *                                  as on drivers before R510
  *   FAKE_NVML_POWER_MW[_<i>]       power draw in milliwatts (default 70000)
  *   FAKE_NVML_TEMP_C[_<i>]         GPU temperature (default 35)
  *   FAKE_NVML_SM_CLOCK_MHZ[_<i>]   SM / graphics clock (default 1980)
@@ -311,18 +316,21 @@ nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t h, nvmlPciInfo_t *pci) {
     return NVML_SUCCESS;
 }
 
-static nvmlReturn_t memory(nvmlDevice_t h, unsigned long long *total, unsigned long long *used) {
-    unsigned long long t, u;
-    nvmlReturn_t r = number("MEM_TOTAL_MIB", (int)h->index, 81559, &t);
-    if (r) return r;
+static nvmlReturn_t memory(nvmlDevice_t h, unsigned long long *total, unsigned long long *reserved,
+                           unsigned long long *used) {
+    unsigned long long t, r, u;
+    nvmlReturn_t e = number("MEM_TOTAL_MIB", (int)h->index, 81559, &t);
+    if (e) return e;
+    if ((e = number("MEM_RESERVED_MIB", (int)h->index, 0, &r))) return e;
     unsigned int pids[MAX_PROCS];
     unsigned long long mib[MAX_PROCS], sum = 0;
     int np = procs(h->index, pids, mib);
     for (int k = 0; k < np; k++) sum += mib[k];
-    r = number("MEM_USED_MIB", (int)h->index, sum, &u);
-    if (r) return r;
-    if (u > t) u = t;
+    if ((e = number("MEM_USED_MIB", (int)h->index, sum, &u))) return e;
+    if (r > t) r = t;
+    if (u > t - r) u = t - r;
     *total = t << 20;
+    *reserved = r << 20;
     *used = u << 20;
     return NVML_SUCCESS;
 }
@@ -330,8 +338,10 @@ static nvmlReturn_t memory(nvmlDevice_t h, unsigned long long *total, unsigned l
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t h, nvmlMemory_t *m) {
     nvmlReturn_t r = check(h, m);
     if (r) return r;
-    r = memory(h, &m->total, &m->used);
+    unsigned long long reserved;
+    r = memory(h, &m->total, &reserved, &m->used);
     if (r) return r;
+    m->used += reserved; /* v1 counts the driver's reserve as used */
     m->free = m->total - m->used;
     return NVML_SUCCESS;
 }
@@ -339,11 +349,12 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t h, nvmlMemory_t *m) {
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t h, nvmlMemory_v2_t *m) {
     nvmlReturn_t r = check(h, m);
     if (r) return r;
+    unsigned long long dummy;
+    if ((r = number("MEM_V2", (int)h->index, 0, &dummy))) return r;
     if (m->version != 0x02000028) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-    r = memory(h, &m->total, &m->used);
+    r = memory(h, &m->total, &m->reserved, &m->used);
     if (r) return r;
-    m->reserved = 0;
-    m->free = m->total - m->used;
+    m->free = m->total - m->reserved - m->used;
     return NVML_SUCCESS;
 }
 
