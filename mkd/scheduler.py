@@ -30,7 +30,7 @@ class Placement:
 def foreign_bytes(gpu: GpuSample, mkd_pids: Set[int]) -> int:
     """Memory on `gpu` used by processes that are not mkd's runs."""
     ours = sum(p.used_bytes for p in gpu.processes if p.pid in mkd_pids)
-    return max(0, gpu.memory_used_bytes - ours)
+    return max(0, (gpu.memory_used_bytes or 0) - ours)
 
 
 def place(
@@ -54,12 +54,15 @@ def place(
     usable: list[GpuSample] = []
     for gpu in candidates:
         held = holders.get(gpu.uuid, set())
-        if held and not request.share:
+        free = gpu.memory_free_bytes
+        if gpu.error is not None or gpu.memory_used_bytes is None:
+            reasons.append(f"GPU{gpu.index} cannot be read ({gpu.error or 'no memory info'})")
+        elif held and not request.share:
             reasons.append(f"GPU{gpu.index} held by {', '.join(sorted(held))}")
         elif foreign_bytes(gpu, mkd_pids) > busy_bytes:
             reasons.append(f"GPU{gpu.index} has {foreign_bytes(gpu, mkd_pids) >> 20} MiB used by other processes")
-        elif request.min_free_bytes is not None and gpu.memory_free_bytes < request.min_free_bytes:
-            reasons.append(f"GPU{gpu.index} has only {gpu.memory_free_bytes >> 20} MiB free")
+        elif request.min_free_bytes is not None and (free or 0) < request.min_free_bytes:
+            reasons.append(f"GPU{gpu.index} has only {(free or 0) >> 20} MiB free")
         else:
             usable.append(gpu)
     if len(usable) < request.count:

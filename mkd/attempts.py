@@ -1,0 +1,967 @@
+"""Jobs through their stages: start attempts, watch them, decide what comes next.
+
+The daemon's loop calls `observe`, `start_runnable` and `on_gpu_reading`; this module
+turns those into store changes. Decisions come from `mkd.policy` (retries) and
+`mkd.stages` (probe ladder, sweep); classification from `mkd.classify`; processes from
+`mkd.engine`. Nothing here parses MimicKit's text itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mkd import postmortem, report
+from mkd.classify import ExitInfo, FailureClass, classify, row_has_nan, scan_live
+from mkd.config import DaemonConfig, Layout
+from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
+from mkd.fsutil import atomic_write, atomic_write_json, read_json
+from mkd.gpu_report import gpu_report_line
+from mkd.gpus import GpuReading, attribute_processes
+from mkd.live import LiveAttempt
+from mkd.mimickit.results import check_train_artifacts
+from mkd.mirror import place_job_file
+from mkd.policy import Decision, Observation, decide
+from mkd.procs import group_members
+from mkd.scheduler import Placement, Request, foreign_bytes, place
+from mkd.snapshot import DaemonView, JobView
+from mkd.spec import JobSpec, MimicKitWorkload, Stage
+from mkd.stages import (
+    CAPACITY_FAILURES,
+    initial_plan,
+    probe_record,
+    probe_samples,
+    sweep_best,
+    sweep_point_plan,
+    sweep_tsv,
+)
+from mkd.states import LIVE, AttemptState, JobState, Outcome
+from mkd.store import AttemptRecord, JobRecord, Store, StoreError
+from mkd.workload import TRAIN_KINDS, build_command, display_available, stage_timeout, write_derived_agent_config
+
+log = logging.getLogger("mkd.attempts")
+CONSOLE_TAIL_BYTES = 64 * 1024
+PROGRESS_WRITE_SECONDS = 1.0
+STATUS_WRITE_SECONDS = 2.0
+STOP_ESCALATE_EXTRA_SECONDS = 5.0
+PASSED_EARLY = "probe_passed"
+
+
+class AttemptRunner:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        layout: Layout,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.store = store
+        self.clock = clock
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.engine = Engine()
+        self.live: dict[int, LiveAttempt] = {}
+        self.gpu = GpuReading.unavailable("no GPU sample yet", 0.0)
+        self._specs: dict[str, JobSpec] = {}
+        self._waiting: dict[str, str] = {}
+        self._progress_written: dict[int, float] = {}
+        self._status_written: dict[str, float] = {}
+        self._gpu_report_at: dict[str, float] = {}
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def spec(self, job: JobRecord) -> JobSpec:
+        found = self._specs.get(job.job_id)
+        if found is None:
+            found = JobSpec.model_validate(job.spec)
+            self._specs[job.job_id] = found
+        return found
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.layout.runs_dir / job_id
+
+    def _live_for(self, job_id: str) -> LiveAttempt | None:
+        return next((a for a in self.live.values() if a.job_id == job_id), None)
+
+    def _event(self, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.store.add_event(job_id, self.wall(), kind, message, data)
+        log.info("job %s: %s", job_id, message)
+
+    def _set_state(self, job: JobRecord, state: JobState, reason: str, **fields: Any) -> None:
+        self.store.set_job_state(job.job_id, state, reason, self.wall(), **fields)
+        log.info("job %s: %s (%s)", job.job_id, state, reason)
+        place_job_file(self.layout, job.job_id, state, text=self.store.source_text(job.job_id))
+        self.write_status(job.job_id, force=True)
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def start_runnable(self, now: float) -> None:
+        wall = self.wall()
+        busy = {a.job_id for a in self.live.values()}
+        for job in self.store.jobs(set(LIVE)):
+            if job.job_id in busy:
+                continue
+            if job.cancel_requested:
+                self._set_state(job, JobState.CANCELLED, "cancelled before it started")
+                continue
+            if job.next_attempt_at is not None and job.next_attempt_at > wall:
+                continue
+            if len(self.live) >= self.config.max_running:
+                return
+            try:
+                self._start(job, now)
+            except StoreError:
+                raise
+            except Exception as error:  # a job that cannot start must not block the queue
+                log.exception("job %s: cannot start", job.job_id)
+                self.store.bump("internal_errors_total")
+                self._set_state(job, JobState.FAILED, f"mkd could not start it: {type(error).__name__}: {error}")
+
+    def _start(self, job: JobRecord, now: float) -> None:
+        spec = self.spec(job)
+        stages = spec.effective_stages
+        stage = stages[job.stage_index]
+        label = stage.label(job.stage_index)
+        plan = job.plan or initial_plan(spec, stage, job.stage_data)
+        if not job.plan:
+            self.store.update_job(job.job_id, self.wall(), plan=plan, stage_data=job.stage_data)
+        if stage.kind == "visualize":
+            ok, why = display_available(dict(self.config.base_env) | _env())
+            if not ok:
+                self._stage_result(job, label, {"skipped": why})
+                self._advance(job, spec, f"visualize stage {label} skipped: {why}")
+                return
+        placement = self._place(job, spec, plan)
+        if isinstance(placement, str):
+            if self._waiting.get(job.job_id) != placement:
+                self._waiting[job.job_id] = placement
+                self.store.update_job(job.job_id, self.wall(), reason=placement)
+                self._event(job.job_id, "waiting", placement)
+            return
+        self._waiting.pop(job.job_id, None)
+        self._launch(job, spec, stage, label, plan, placement, now)
+
+    def _place(self, job: JobRecord, spec: JobSpec, plan: dict[str, Any]) -> Placement | str:
+        resources = spec.resources
+        named = None
+        if resources.devices is not None:
+            named = tuple(int(d.split(":")[1]) for d in resources.devices if d.startswith("cuda"))
+        request = Request(
+            count=int(plan.get("gpus", 0)),
+            named=named[: int(plan.get("gpus", 0))] if named else None,
+            share=resources.share,
+            min_free_bytes=resources.min_free_memory,
+        )
+        held: dict[str, set[str]] = {}
+        for live in self.live.values():
+            for uuid in live.gpu_uuids:
+                held.setdefault(uuid, set()).add(live.job_id)
+        found = place(request, self.gpu, held, self.mkd_pids(), self.config.gpu.busy_memory)
+        if isinstance(found, str):
+            return found
+        return self._memory_freed(job, spec, found)
+
+    def _memory_freed(self, job: JobRecord, spec: JobSpec, placement: Placement) -> Placement | str:
+        """Before a retry on the same GPUs, wait (bounded) until the dead attempt's memory is gone."""
+        last_end = job.stage_data.get("last_end_wall")
+        last_gpus = set(job.stage_data.get("last_gpus", []))
+        if not last_end or self.wall() - float(last_end) > spec.watch.gpu_memory_free_wait.total_seconds():
+            return placement
+        mine = self.mkd_pids()
+        for gpu in self.gpu.gpus:
+            if gpu.uuid in last_gpus and gpu.uuid in placement.uuids:
+                left = foreign_bytes(gpu, mine)
+                if left > self.config.gpu.memory_freed_below:
+                    return f"waiting for GPU{gpu.index} memory to be freed after the last attempt ({left >> 20} MiB)"
+        return placement
+
+    def _launch(
+        self,
+        job: JobRecord,
+        spec: JobSpec,
+        stage: Stage,
+        label: str,
+        plan: dict[str, Any],
+        placement: Placement,
+        now: float,
+    ) -> None:
+        plan = dict(plan)
+        if int(plan.get("processes", 1)) > 1 and not plan.get("master_port"):
+            plan["master_port"] = self._free_port()
+        if stage.kind == "probe" and not plan.get("max_samples"):
+            plan["max_samples"] = probe_samples(plan)
+        plan["gpu_indices"] = list(placement.indices)
+        plan["gpu_uuids"] = list(placement.uuids)
+        number = len(self.store.attempts(job.job_id)) + 1
+        attempt_dir = self.job_dir(job.job_id) / "attempts" / f"{number:02d}-{label}"
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            plan = self._derive_agent_config(spec, plan, attempt_dir)
+        except (ValueError, OSError) as error:
+            self._set_state(job, JobState.FAILED, f"agent overrides: {error}")
+            return
+        command = build_command(
+            config=self.config,
+            layout=self.layout,
+            spec=spec,
+            stage=stage,
+            plan=plan,
+            gpu_indices=list(placement.indices),
+            attempt_dir=attempt_dir,
+        )
+        atomic_write_json(
+            attempt_dir / "command.json",
+            {"argv": command.argv, "cwd": command.cwd, "env": command.env, "nccl": command.nccl_applied},
+        )
+        attempt = self.store.add_attempt(
+            job_id=job.job_id,
+            stage_index=job.stage_index,
+            stage_label=label,
+            params=plan,
+            dir=str(attempt_dir),
+            now=self.wall(),
+        )
+        console = attempt_dir / "console.log"
+        handle = self.engine.launch(
+            attempt_dir,
+            LaunchSpec(
+                argv=command.argv,
+                env=command.env,
+                cwd=command.cwd,
+                console=console,
+                grace_seconds=spec.watch.stop_grace.total_seconds(),
+                log_max_bytes=self.config.console_log_max,
+                log_backups=self.config.console_log_backups,
+            ),
+        )
+        self.store.update_attempt(attempt.id, shim_pid=handle.pid, shim_start=handle.start_ticks)
+        self.live[attempt.id] = LiveAttempt(
+            attempt_id=attempt.id,
+            job_id=job.job_id,
+            dir=attempt_dir,
+            console=console,
+            handle=handle,
+            started_mono=now,
+            gpu_indices=placement.indices,
+            gpu_uuids=placement.uuids,
+            timeout_seconds=stage_timeout(stage),
+            stage_kind=stage.kind,
+        )
+        devices = ",".join(f"GPU{i}" for i in placement.indices) or "no GPU"
+        where = f"num_envs={plan.get('num_envs')} on {devices}" if plan.get("num_envs") else f"on {devices}"
+        self._set_state(
+            job,
+            JobState.RUNNING,
+            f"attempt {attempt.number} ({label}) started, {where}",
+            plan=plan,
+            next_attempt_at=None,
+        )
+
+    def _derive_agent_config(self, spec: JobSpec, plan: dict[str, Any], attempt_dir: Path) -> dict[str, Any]:
+        overrides = plan.get("agent_overrides") or {}
+        workload = spec.workload
+        if not overrides or not isinstance(workload, MimicKitWorkload):
+            return plan
+        mimickit_dir = Path(workload.mimickit_dir or self.layout.mimickit_dir)
+        derived = write_derived_agent_config(workload, overrides, mimickit_dir, attempt_dir / "agent_config.yaml")
+        return {**plan, "agent_config": str(derived)}
+
+    def _free_port(self) -> int:
+        taken = {int(a.params.get("master_port") or 0) for a in self.store.attempts(live_only=True)}
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in taken:
+                return port
+
+    def mkd_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for live in self.live.values():
+            child = self.engine.child(live.dir)
+            if child is not None:
+                pids.update(s.pid for s in group_members(child.pgid))
+        return pids
+
+    # --- observing --------------------------------------------------------------------------
+
+    def observe(self, now: float) -> None:
+        self.engine.reap()
+        for live in list(self.live.values()):
+            try:
+                self._observe_one(live, now)
+            except StoreError:
+                raise
+            except Exception:  # one broken attempt must not stop the others: log, count, go on
+                log.exception("job %s: error while watching attempt %d", live.job_id, live.attempt_id)
+                self.store.bump("internal_errors_total")
+        for job_id in list(self._status_written):
+            if now - self._status_written[job_id] >= STATUS_WRITE_SECONDS and self._live_for(job_id):
+                self.write_status(job_id)
+
+    def _observe_one(self, live: LiveAttempt, now: float) -> None:
+        lines, rows = live.read_new()
+        if rows:
+            live.last_progress_mono = now
+            self._record_progress(live, now)
+        if live.stop_reason is None:
+            self._check(live, lines, rows, now)
+        elif live.stop_sent_mono is not None:
+            grace = self._grace(live)
+            if now - live.stop_sent_mono > grace + STOP_ESCALATE_EXTRA_SECONDS:
+                self.engine.stop(live.handle, live.dir, now_kill=True)
+        exit = self.engine.poll(live.dir, live.handle)
+        if exit is not None:
+            self._finish(live, exit, now)
+
+    def _grace(self, live: LiveAttempt) -> float:
+        job = self.store.get_job(live.job_id)
+        return 30.0 if job is None else self.spec(job).watch.stop_grace.total_seconds()
+
+    def _record_progress(self, live: LiveAttempt, now: float, force: bool = False) -> None:
+        if not force and now - self._progress_written.get(live.attempt_id, -1e9) < PROGRESS_WRITE_SECONDS:
+            return
+        self._progress_written[live.attempt_id] = now
+        self.store.update_attempt(live.attempt_id, progress=live.progress(), state=AttemptState.RUNNING)
+
+    def _check(self, live: LiveAttempt, lines: list[str], rows: list[Any], now: float) -> None:
+        """Signatures that mean "stop it now", NaN, and the clocks: stage timeout, start-up, stall."""
+        hit = scan_live(lines)
+        if hit is not None:
+            self.stop(live, hit.failure.value, hit.evidence, now, kill_now=True)
+            return
+        for row in rows:
+            if row_has_nan(row):
+                evidence = tuple(f"{k} = {v}" for k, v in row.values.items() if str(v) == "nan")
+                self.stop(live, FailureClass.NAN_DIVERGENCE.value, (f"iteration {row.iteration}", *evidence), now)
+                return
+        job = self.store.get_job(live.job_id)
+        if job is None:
+            return
+        watch = self.spec(job).watch
+        age = now - live.started_mono
+        if live.timeout_seconds is not None and age > live.timeout_seconds:
+            self.stop(
+                live, FailureClass.TIMEOUT.value, (f"stage timeout of {live.timeout_seconds:.0f} s reached",), now
+            )
+        elif live.stage_kind in TRAIN_KINDS and live.last_progress_mono is None:
+            if age > watch.startup_timeout.total_seconds():
+                why = f"no iteration within the start-up timeout ({watch.startup_timeout.total_seconds():.0f} s)"
+                self.stop(live, FailureClass.STALL.value, (why,), now)
+        elif live.stage_kind not in TRAIN_KINDS and age > watch.startup_timeout.total_seconds() * 2:
+            why = f"no result within {2 * watch.startup_timeout.total_seconds():.0f} s"
+            self.stop(live, FailureClass.TIMEOUT.value, (why,), now)
+        elif (
+            live.last_progress_mono is not None and now - live.last_progress_mono > watch.stall_timeout.total_seconds()
+        ):
+            why = f"no new iteration for {now - live.last_progress_mono:.0f} s (stall timeout)"
+            self.stop(live, FailureClass.STALL.value, (why,), now)
+        elif live.stage_kind == "probe" and self._probe_passed(live):
+            self.stop(live, PASSED_EARLY, ("iteration 1 done, model.pt and log.txt written",), now)
+
+    def _probe_passed(self, live: LiveAttempt) -> bool:
+        last = live.last
+        if last is None or last.iteration < 1:
+            return False
+        return all(check_train_artifacts(live.dir / "out").values())
+
+    def stop(
+        self, live: LiveAttempt, reason: str, evidence: tuple[str, ...], now: float, kill_now: bool = False
+    ) -> None:
+        """Stop an attempt, keeping a post-mortem bundle first when it is stuck."""
+        if live.stop_reason is not None:
+            return
+        live.stop_reason = reason
+        live.stop_evidence = tuple(evidence)
+        live.stop_sent_mono = now
+        if reason not in ("cancelled", PASSED_EARLY, "shutdown"):
+            postmortem.write_bundle(live.dir, live.console, self.gpu, self.engine.child(live.dir))
+        self._event(live.job_id, "stop", f"stopping attempt: {reason}", {"evidence": list(evidence)})
+        self.store.update_attempt(live.attempt_id, state=AttemptState.STOPPING, stop_reason=reason)
+        self.engine.stop(live.handle, live.dir, now_kill=kill_now)
+
+    # --- finishing --------------------------------------------------------------------------
+
+    def _finish(self, live: LiveAttempt, exit: ExitRecord, now: float) -> None:
+        live.read_new()
+        del self.live[live.attempt_id]
+        job = self.store.get_job(live.job_id)
+        attempt = self.store.get_attempt(live.attempt_id)
+        assert job is not None and attempt is not None
+        spec = self.spec(job)
+        stage = spec.effective_stages[attempt.stage_index]
+        failure, evidence, permanent = self._evaluate(live, exit, stage, attempt)
+        outcome = _outcome(exit, live, failure)
+        progress = live.progress()
+        self.store.update_attempt(
+            live.attempt_id,
+            state=AttemptState.ENDED,
+            ended_at=self.wall(),
+            returncode=exit.returncode,
+            signal=exit.signal,
+            outcome=outcome,
+            failure_class=failure,
+            evidence=list(evidence),
+            progress=progress,
+        )
+        if exit.lingering_workers:
+            self._event(job.job_id, "workers", f"{exit.lingering_workers} worker(s) outlived the root; killed")
+        if failure:
+            self._event(job.job_id, "failure", f"attempt {attempt.number}: {failure}", {"evidence": list(evidence)})
+        had_progress = live.last is not None or live.parser.test_result is not None
+        attempt = replace(attempt, progress=progress)
+        self._after(job, spec, stage, attempt, live, failure, permanent, had_progress)
+
+    def _evaluate(
+        self, live: LiveAttempt, exit: ExitRecord, stage: Stage, attempt: AttemptRecord
+    ) -> tuple[str | None, tuple[str, ...], bool]:
+        """(failure class or None, evidence, permanent) for an ended attempt."""
+        if exit.lost:
+            killed = self.engine.kill_orphaned_group(live.dir)
+            return "lost", (f"the attempt's shim died without an exit record; {killed} process(es) killed",), False
+        if exit.spawn_error:
+            return FailureClass.CONFIG_ERROR.value, (exit.spawn_error,), True
+        if live.stop_reason == PASSED_EARLY:
+            return None, (), False
+        if live.stop_reason is not None:
+            return live.stop_reason, live.stop_evidence, live.stop_reason == FailureClass.NAN_DIVERGENCE.value
+        tail = _tail(live.console)
+        if stage.kind == "command":
+            return _command_failure(exit, tail)
+        out_dir = live.dir / "out"
+        artifacts = check_train_artifacts(out_dir) if stage.kind in TRAIN_KINDS else {}
+        checks = stage.checks
+        missing = [name for name, ok in artifacts.items() if not ok and name.replace(".", "_") in checks]
+        result = classify(
+            tail,
+            ExitInfo(exit.returncode, exit.signal),
+            multi_device=int(attempt.params.get("processes", 1)) > 1,
+            stage_kind="probe" if stage.kind == "sweep" else stage.kind,
+            outputs_missing=bool(missing) and exit.returncode == 0,
+            had_progress=live.last is not None,
+        )
+        if result is not None:
+            return result.failure.value, result.evidence, result.permanent
+        if "mean_return" in checks and live.parser.test_result is None:
+            return FailureClass.UNKNOWN.value, ("exited 0 but printed no Mean Return",), False
+        if "exit_zero" in checks and exit.returncode != 0:
+            return FailureClass.UNKNOWN.value, (f"exit status {exit.returncode} signal {exit.signal}",), False
+        return None, (), False
+
+    def _after(
+        self,
+        job: JobRecord,
+        spec: JobSpec,
+        stage: Stage,
+        attempt: AttemptRecord,
+        live: LiveAttempt,
+        failure: str | None,
+        permanent: bool,
+        had_progress: bool,
+    ) -> None:
+        job = self.store.get_job(job.job_id) or job
+        data = dict(job.stage_data)
+        data["last_end_wall"] = self.wall()
+        data["last_gpus"] = list(live.gpu_uuids)
+        data["attempts"] = int(data.get("attempts", 0)) + 1
+        data["no_progress"] = 0 if had_progress else int(data.get("no_progress", 0)) + 1
+        if stage.kind == "probe":
+            data["gpu_seconds_probing"] = float(data.get("gpu_seconds_probing", 0.0)) + (
+                (self.wall() - attempt.started_at) * max(1, len(live.gpu_uuids))
+            )
+        job.stage_data = data
+        if failure == "cancelled" or job.cancel_requested:
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            self._set_state(job, JobState.CANCELLED, "cancelled")
+            return
+        label = stage.label(job.stage_index)
+        if stage.kind == "probe" and (failure is None or failure in CAPACITY_FAILURES):
+            self._probe_step(job, spec, stage, attempt, failure is None)
+            return
+        if stage.kind == "sweep" and (failure is None or failure in CAPACITY_FAILURES or permanent):
+            self._sweep_step(job, spec, stage, attempt, live, failure)
+            return
+        if failure is None:
+            self._passed(job, spec, stage, label, attempt)
+            return
+        obs = Observation(
+            stage_kind=stage.kind,
+            failure=failure,
+            permanent=permanent,
+            gpus=int(attempt.params.get("gpus", 0)),
+            processes=int(attempt.params.get("processes", 1)),
+            had_progress=had_progress,
+            foreign_memory=self._foreign_memory(live),
+        )
+        decision = decide(
+            obs,
+            dict(job.plan),
+            spec.retry,
+            attempts_in_stage=int(data["attempts"]),
+            no_progress_streak=int(data["no_progress"]),
+            rng=self.rng,
+        )
+        self._apply(job, spec, stage, label, attempt, decision)
+
+    def _foreign_memory(self, live: LiveAttempt) -> bool:
+        mine = self.mkd_pids()
+        return any(
+            foreign_bytes(g, mine) > self.config.gpu.busy_memory for g in self.gpu.gpus if g.uuid in live.gpu_uuids
+        )
+
+    def _apply(
+        self, job: JobRecord, spec: JobSpec, stage: Stage, label: str, attempt: AttemptRecord, decision: Decision
+    ) -> None:
+        data = dict(job.stage_data)
+        if decision.action == "fail":
+            self._stage_result(job, label, {"passed": False, "reason": decision.reason})
+            if stage.on_fail == "continue":
+                self._advance(job, spec, f"stage {label} failed ({decision.reason}); continuing")
+                return
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            self._set_state(job, JobState.FAILED, decision.reason)
+            return
+        plan = {**job.plan, **decision.changes}
+        if decision.resume:
+            plan = self._resume_plan(plan, attempt, data)
+        fallbacks = list(data.get("fallbacks", []))
+        if decision.changes:
+            fallbacks.append({"stage": label, "attempt": attempt.number, "step": decision.reason})
+        data["fallbacks"] = fallbacks
+        self.store.update_job(job.job_id, self.wall(), stage_data=data)
+        self._set_state(
+            job,
+            JobState.RETRY_WAIT,
+            f"{decision.reason}; next attempt in {decision.delay_seconds:.1f} s",
+            plan=plan,
+            next_attempt_at=self.wall() + decision.delay_seconds,
+        )
+
+    def _resume_plan(self, plan: dict[str, Any], attempt: AttemptRecord, data: dict[str, Any]) -> dict[str, Any]:
+        """Continue a long run from its last model.pt; MimicKit restarts its counters, so we keep offsets."""
+        model = Path(attempt.dir) / "out" / "model.pt"
+        done = int(attempt.progress.get("samples") or 0)
+        data["samples_offset"] = int(data.get("samples_offset", 0)) + done
+        data["iteration_offset"] = int(data.get("iteration_offset", 0)) + int(attempt.progress.get("iteration") or 0)
+        out = dict(plan)
+        if model.exists():
+            out["model_file"] = str(model)
+        if plan.get("max_samples"):
+            out["max_samples"] = max(1, int(plan["max_samples"]) - done)
+        return out
+
+    def _passed(self, job: JobRecord, spec: JobSpec, stage: Stage, label: str, attempt: AttemptRecord) -> None:
+        data = dict(job.stage_data)
+        out_dir = Path(attempt.dir) / "out"
+        result: dict[str, Any] = {"passed": True, "attempt": attempt.number, "num_envs": job.plan.get("num_envs")}
+        if stage.kind in TRAIN_KINDS:
+            model = out_dir / "model.pt"
+            if model.exists():
+                data.setdefault("models", {})[label] = str(model)
+                data["latest_model"] = str(model)
+        if stage.kind == "warmup":
+            data["num_envs"] = job.plan.get("num_envs")
+            result["promoted_num_envs"] = job.plan.get("num_envs")
+        test = attempt.progress.get("test_result")
+        if test:
+            result["test_result"] = test
+        job.stage_data = data
+        self.store.update_job(job.job_id, self.wall(), stage_data=data)
+        self._stage_result(job, label, result)
+        self._advance(job, spec, f"stage {label} passed")
+
+    def _stage_result(self, job: JobRecord, label: str, result: dict[str, Any]) -> None:
+        fresh = self.store.get_job(job.job_id) or job
+        data = dict(fresh.stage_data)
+        data.setdefault("results", {})[label] = result
+        job.stage_data = data
+        self.store.update_job(job.job_id, self.wall(), stage_data=data)
+
+    def _advance(self, job: JobRecord, spec: JobSpec, reason: str) -> None:
+        """Move to the next stage (keeping what later stages use), or finish the job."""
+        fresh = self.store.get_job(job.job_id) or job
+        data = dict(fresh.stage_data)
+        index = fresh.stage_index + 1
+        if index >= len(spec.effective_stages):
+            self._set_state(fresh, JobState.SUCCEEDED, reason)
+            return
+        keep = ("models", "latest_model", "num_envs", "results", "fallbacks", "gpu_seconds_probing", "sweep_best")
+        data = {k: v for k, v in data.items() if k in keep}
+        nxt = spec.effective_stages[index]
+        plan = initial_plan(spec, nxt, data)
+        self.store.update_job(job.job_id, self.wall(), stage_index=index, stage_data=data, plan=plan)
+        state = JobState.RUNNING if fresh.state == JobState.RUNNING else JobState.QUEUED
+        self._set_state(fresh, state, f"{reason}; next stage {nxt.label(index)}", next_attempt_at=self.wall())
+
+    # --- probe ladder and sweep ------------------------------------------------------------
+
+    def _probe_step(self, job: JobRecord, spec: JobSpec, stage: Stage, attempt: AttemptRecord, passed: bool) -> None:
+        data = dict(job.stage_data)
+        num_envs = int(job.plan["num_envs"])
+        step = probe_record(data["probe"], num_envs, passed)
+        data["probe"] = step.probe
+        data["attempts"] = 0
+        label = stage.label(job.stage_index)
+        self._event(job.job_id, "probe", f"probe num_envs={num_envs}: {'pass' if passed else 'fail'}")
+        if step.next_num_envs is not None:
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            plan = {**job.plan, "num_envs": step.next_num_envs, "max_samples": stage.point_max_samples}
+            self._set_state(
+                job,
+                JobState.RETRY_WAIT,
+                f"next probe num_envs={step.next_num_envs}",
+                plan=plan,
+                next_attempt_at=self.wall(),
+            )
+            return
+        if step.found is not None:
+            data["num_envs"] = step.found
+            job.stage_data = data
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            self._stage_result(
+                job,
+                label,
+                {"passed": True, "num_envs": step.found, "probes": step.probe["tried"], "gpus": job.plan.get("gpus")},
+            )
+            self._advance(job, spec, f"probe ladder chose num_envs={step.found}")
+            return
+        multi = int(job.plan.get("processes", 1)) > 1
+        if multi and spec.retry.single_device_fallback:
+            from mkd.stages import probe_begin, probe_mid
+
+            assert stage.ladder is not None
+            data["probe"] = probe_begin(stage.ladder)
+            rung = data["probe"]["rungs"][probe_mid(data["probe"])]
+            fallbacks = [
+                *data.get("fallbacks", []),
+                {
+                    "stage": label,
+                    "attempt": attempt.number,
+                    "step": "every rung failed on several devices: single device",
+                },
+            ]
+            data["fallbacks"] = fallbacks
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            plan = {**job.plan, "gpus": min(1, int(job.plan.get("gpus", 0))), "processes": 1, "num_envs": rung}
+            self._set_state(
+                job,
+                JobState.RETRY_WAIT,
+                "every rung failed: single-device probe ladder",
+                plan=plan,
+                next_attempt_at=self.wall(),
+            )
+            return
+        self.store.update_job(job.job_id, self.wall(), stage_data=data)
+        decision = Decision("fail", "probe ladder: no rung passed")
+        self._apply(job, spec, stage, label, attempt, decision)
+
+    def _sweep_step(
+        self,
+        job: JobRecord,
+        spec: JobSpec,
+        stage: Stage,
+        attempt: AttemptRecord,
+        live: LiveAttempt,
+        failure: str | None,
+    ) -> None:
+        assert stage.points is not None
+        data = dict(job.stage_data)
+        sweep = dict(data["sweep"])
+        index = int(sweep["index"])
+        point = stage.points[index]
+        util = live.mean_utilization()
+        row = {
+            "point": index + 1,
+            "num_envs": point.num_envs,
+            "agent_overrides": dict(point.agent_overrides),
+            "samples_per_second": live.median_samples_per_second(),
+            "gpu_utilization_pct": util,
+            "passed": failure is None,
+            "failure": failure,
+        }
+        rows = [*sweep["rows"], row]
+        sweep.update(index=index + 1, rows=rows)
+        data["sweep"] = sweep
+        data["attempts"] = 0
+        label = stage.label(job.stage_index)
+        atomic_write(self.job_dir(job.job_id) / f"summary-{label}.tsv", sweep_tsv(rows))
+        atomic_write(self.job_dir(job.job_id) / "summary.tsv", sweep_tsv(rows))
+        if index + 1 < len(stage.points):
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            plan = {**job.plan, **sweep_point_plan(stage, index + 1)}
+            self._set_state(
+                job,
+                JobState.RETRY_WAIT,
+                f"sweep point {index + 2} of {len(stage.points)}",
+                plan=plan,
+                next_attempt_at=self.wall(),
+            )
+            return
+        best = sweep_best(rows)
+        if best is None:
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            self._apply(job, spec, stage, label, attempt, Decision("fail", "sweep: no point passed"))
+            return
+        data["num_envs"] = best["num_envs"]
+        data["sweep_best"] = best
+        job.stage_data = data
+        self.store.update_job(job.job_id, self.wall(), stage_data=data)
+        self._stage_result(job, label, {"passed": True, "best": best, "points": len(rows)})
+        self._advance(job, spec, f"sweep best point {best['point']} (num_envs={best['num_envs']})")
+
+    # --- cancel, shutdown, restore ---------------------------------------------------------
+
+    def request_cancel(self, name: str, now: float, *, source: str) -> bool:
+        job = self.store.find_job(name)
+        if job is None or job.state.finished:
+            log.warning("cancel %s (%s): no live job by that name", name, source)
+            return False
+        self.store.update_job(job.job_id, self.wall(), cancel_requested=1)
+        self._event(job.job_id, "cancel", f"cancel requested by {source}")
+        live = self._live_for(job.job_id)
+        if live is not None:
+            self.stop(live, "cancelled", (f"cancel requested by {source}",), now)
+        else:
+            self._set_state(job, JobState.CANCELLED, f"cancelled by {source}")
+        return True
+
+    def stop_all(self, now: float, reason: str) -> None:
+        for live in list(self.live.values()):
+            if live.stop_reason is None:
+                self.store.update_job(live.job_id, self.wall(), cancel_requested=1)
+                self.stop(live, "cancelled", (reason,), now)
+
+    def restore(self, now: float) -> None:
+        """Re-adopt attempts recorded as running; a dead one is finished with its real exit status."""
+        for attempt in self.store.attempts(live_only=True):
+            handle = self._handle_for(attempt)
+            job = self.store.get_job(attempt.job_id)
+            assert job is not None
+            spec = self.spec(job)
+            stage = spec.effective_stages[attempt.stage_index]
+            attempt_dir = Path(attempt.dir)
+            started = now - max(0.0, self.wall() - attempt.started_at)
+            live = LiveAttempt(
+                attempt_id=attempt.id,
+                job_id=attempt.job_id,
+                dir=attempt_dir,
+                console=attempt_dir / "console.log",
+                handle=handle or ShimHandle(0, None),
+                started_mono=started,
+                gpu_indices=tuple(attempt.params.get("gpu_indices", [])),
+                gpu_uuids=tuple(attempt.params.get("gpu_uuids", [])),
+                timeout_seconds=stage_timeout(stage),
+                stage_kind=stage.kind,
+                stop_reason=attempt.stop_reason,
+                stop_sent_mono=now if attempt.stop_reason else None,
+            )
+            while live.read_new() != ([], []):
+                pass
+            if live.last is not None:
+                live.last_progress_mono = now
+            self.live[attempt.id] = live
+            child = self.engine.child(attempt_dir)
+            alive = handle is not None and self.engine.shim_alive(handle)
+            message = (
+                f"re-adopted attempt {attempt.number} (shim {handle.pid if handle else '-'}, "
+                f"run pid {child.pid if child else '-'})"
+                if alive
+                else f"attempt {attempt.number} ended while mkd was down"
+            )
+            self._event(attempt.job_id, "restore", message)
+
+    def _handle_for(self, attempt: AttemptRecord) -> ShimHandle | None:
+        if attempt.shim_pid:
+            return ShimHandle(attempt.shim_pid, attempt.shim_start)
+        shim = Path(attempt.dir) / "shim.json"
+        if (Path(attempt.dir) / "launch.json").exists():
+            deadline = time.monotonic() + 2.0
+            while not shim.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        data = read_json(shim)
+        if isinstance(data, dict):
+            return ShimHandle(int(data["pid"]), data.get("start_ticks"))
+        return None
+
+    # --- GPUs, status and the published view ------------------------------------------------
+
+    def on_gpu_reading(self, reading: GpuReading, now: float) -> None:
+        self.gpu = reading
+        by_uuid = {g.uuid: g for g in reading.gpus}
+        for live in self.live.values():
+            found = [by_uuid[u].utilization_pct for u in live.gpu_uuids if u in by_uuid]
+            utils = [u for u in found if u is not None]
+            if utils:
+                live.util_samples.append(sum(utils) / len(utils))
+            self._gpu_report(live, reading, now)
+
+    def _gpu_report(self, live: LiveAttempt, reading: GpuReading, now: float) -> None:
+        job = self.store.get_job(live.job_id)
+        if job is None:
+            return
+        every = self.spec(job).watch.gpu_report_every.total_seconds()
+        if now - self._gpu_report_at.get(live.job_id, -1e9) < every:
+            return
+        self._gpu_report_at[live.job_id] = now
+        stage = self.spec(job).effective_stages[job.stage_index]
+        advancing = live.last_progress_mono is not None and now - live.last_progress_mono < max(every, 30.0)
+        failures = [a.failure_class for a in self.store.attempts(job.job_id) if a.failure_class]
+        line = gpu_report_line(stage.kind, reading, live.gpu_uuids, advancing, failures[-1] if failures else None)
+        self.store.add_event(job.job_id, self.wall(), "gpu_report", line)
+
+    def holders(self) -> dict[str, str]:
+        return {uuid: live.job_id for live in self.live.values() for uuid in live.gpu_uuids}
+
+    def holders_by_index(self) -> dict[int, str]:
+        return {i: live.job_id for live in self.live.values() for i in live.gpu_indices}
+
+    def write_status(self, job_id: str, force: bool = False) -> None:
+        """runs/<job>/status.json and report.md, the people's view of one job."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return
+        self._status_written[job_id] = self.clock()
+        if job.state.finished:
+            self._status_written.pop(job_id, None)
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        attempts = self.store.attempts(job_id)
+        live = self._live_for(job_id)
+        status = report.status_dict(job, self.spec(job), attempts, live.progress() if live else None, self.wall())
+        atomic_write_json(folder / "status.json", status)
+        atomic_write(
+            folder / "report.md", report.render_report(job, self.spec(job), attempts, self.store.events(job_id))
+        )
+
+    def view(self, now: float, started_at: float, tick_seconds: float) -> DaemonView:
+        jobs: list[JobView] = []
+        retention = self.config.metrics.retention.total_seconds()
+        wall = self.wall()
+        for job in self.store.jobs(set(LIVE)) + self._recently_finished(wall - retention):
+            jobs.append(self._job_view(job, now))
+        counters = self.store.counters()
+        by_state = self.store.count_by_state()
+        owners = {pid: live.job_id for live in self.live.values() for pid in self._pids(live)}
+        return DaemonView(
+            started_at=started_at,
+            jobs=tuple(jobs),
+            jobs_by_state=by_state,
+            attempts_total=counters.get("attempts_total", 0),
+            failures_by_class=self.store.failures_by_class(),
+            retries_total=max(0, counters.get("attempts_total", 0) - sum(by_state.values())),
+            queue_length=by_state.get("queued", 0) + by_state.get("retry_wait", 0),
+            rejected_files_total=counters.get("rejected_files_total", 0),
+            intake_errors_total=counters.get("intake_errors_total", 0),
+            gpu=self.gpu,
+            gpu_holders=self.holders(),
+            gpu_process_bytes=attribute_processes(self.gpu, owners),
+            tick_seconds=tick_seconds,
+        )
+
+    def _pids(self, live: LiveAttempt) -> set[int]:
+        child = self.engine.child(live.dir)
+        return {s.pid for s in group_members(child.pgid)} if child else set()
+
+    def _recently_finished(self, since: float) -> list[JobRecord]:
+        return [j for j in self.store.jobs(limit=200) if j.state.finished and (j.finished_at or 0) >= since]
+
+    def _job_view(self, job: JobRecord, now: float) -> JobView:
+        spec = self.spec(job)
+        stages = spec.effective_stages
+        stage = stages[min(job.stage_index, len(stages) - 1)]
+        live = self._live_for(job.job_id)
+        attempts = self.store.attempts(job.job_id) if live is None else []
+        progress = live.progress() if live else (attempts[-1].progress if attempts else {})
+        offset = int(job.stage_data.get("samples_offset", 0))
+        samples = progress.get("samples")
+        failures = [a.failure_class for a in attempts if a.failure_class]
+        return JobView(
+            job_id=job.job_id,
+            state=job.state.value,
+            stage=stage.label(job.stage_index),
+            attempt=len(self.store.attempts(job.job_id)) if live else len(attempts),
+            num_envs=job.plan.get("num_envs"),
+            devices=tuple(f"cuda:{i}" for i in (live.gpu_indices if live else ())),
+            gpu_uuids=live.gpu_uuids if live else (),
+            iteration=_opt_int(progress.get("iteration")),
+            samples=None if samples is None else int(samples) + offset,
+            samples_per_second=_opt_float(progress.get("samples_per_second")),
+            train_return=_opt_float(progress.get("train_return")),
+            test_return=_opt_float(progress.get("test_return")),
+            train_episode_length=_opt_float(progress.get("train_episode_length")),
+            test_episode_length=_opt_float(progress.get("test_episode_length")),
+            wall_time_seconds=_opt_float(progress.get("wall_time_seconds")),
+            losses={k: float(v) for k, v in (progress.get("losses") or {}).items()},
+            seconds_since_progress=None
+            if live is None or live.last_progress_mono is None
+            else now - live.last_progress_mono,
+            best_test_return=_opt_float(progress.get("best_test_return")),
+            median_samples_per_second=_opt_float(progress.get("median_samples_per_second")),
+            retries=max(0, len(attempts) - 1),
+            finished_at=job.finished_at,
+            last_failure=failures[-1] if failures else None,
+        )
+
+
+def _outcome(exit: ExitRecord, live: LiveAttempt, failure: str | None) -> str:
+    if exit.lost:
+        return Outcome.LOST
+    if exit.spawn_error:
+        return Outcome.SPAWN_FAILED
+    if live.stop_reason is not None:
+        return Outcome.SUCCEEDED if failure is None else Outcome.STOPPED
+    if exit.signal is not None:
+        return Outcome.KILLED
+    return Outcome.SUCCEEDED if failure is None else Outcome.FAILED
+
+
+def _command_failure(exit: ExitRecord, tail: str) -> tuple[str | None, tuple[str, ...], bool]:
+    """A plain command has no log signatures: its exit status decides."""
+    if exit.returncode == 0:
+        return None, (), False
+    last = tuple(tail.replace("\r", "\n").splitlines()[-5:])
+    if exit.signal is not None:
+        return FailureClass.KILLED.value, (f"killed by signal {exit.signal}", *last), False
+    return FailureClass.UNKNOWN.value, (f"exit status {exit.returncode}", *last), False
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - CONSOLE_TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _opt_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _opt_int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,269 @@
+"""The `mkd` command line: a thin layer over the daemon, the store and the job files.
+
+Everything the CLI changes goes through a file drop (incoming/ for jobs, control/ for
+cancel and shutdown), so a script can do the same without the CLI, and the daemon stays
+the store's only writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mkd.config import DaemonConfig, Layout, default_config_text
+from mkd.fsutil import atomic_write
+from mkd.jobfile import JobFileError, load_job_file, load_text
+from mkd.store import Store, StoreError
+
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+
+
+def load_config(path: str | None) -> tuple[DaemonConfig, Layout]:
+    """The config at `path` (or $MKD_CONFIG), or the embedded defaults based in the cwd."""
+    path = path or os.environ.get("MKD_CONFIG")
+    if path:
+        file = Path(path)
+        config = load_text(DaemonConfig, file.read_text(encoding="utf-8"), file.name)
+        return config, Layout(config, file.resolve().parent)
+    config = load_text(DaemonConfig, default_config_text(), "mkd.toml (embedded defaults)")
+    return config, Layout(config, Path.cwd())
+
+
+def _open_store(layout: Layout) -> Store | None:
+    if not layout.db.exists():
+        return None
+    return Store.open(layout.db, readonly=True)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.daemon import AlreadyRunning, Daemon
+
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    daemon = Daemon(config, layout)
+    try:
+        daemon.open()
+    except (AlreadyRunning, StoreError) as error:
+        print(f"mkd: {error}", file=sys.stderr)
+        return 1
+    return daemon.run()
+
+
+def cmd_validate(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    status = 0
+    for name in args.files:
+        try:
+            load_job_file(Path(name))
+        except JobFileError as error:
+            sys.stdout.write(error.render())
+            status = EXIT_INVALID
+        except OSError as error:
+            print(f"{name}: cannot read: {error.strerror}")
+            status = EXIT_INVALID
+        else:
+            print(f"{name}: ok")
+    return status
+
+
+def cmd_submit(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    source = Path(args.file)
+    try:
+        spec = load_job_file(source)
+    except JobFileError as error:
+        sys.stdout.write(error.render())
+        return EXIT_INVALID
+    name = args.name or spec.job.name or source.stem
+    layout.incoming.mkdir(parents=True, exist_ok=True)
+    target = layout.incoming / f"{name}.toml"
+    if target.exists():
+        print(f"mkd: {target} is already waiting in incoming; pick another --name", file=sys.stderr)
+        return EXIT_INVALID
+    atomic_write(target, source.read_bytes())  # written as a dotfile, then renamed in
+    print(f"submitted {source} as {target}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd import status_view
+
+    store = _open_store(layout)
+    if store is None:
+        print("no jobs yet" if not args.json else "[]")
+        return 0
+    with _closing(store):
+        if args.job:
+            return status_view.show_job(store, args.job, as_json=args.json)
+        return status_view.show_table(store, as_json=args.json, show_all=args.all)
+
+
+def cmd_cancel(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    layout.control.mkdir(parents=True, exist_ok=True)
+    atomic_write(layout.control / f"{args.job}.cancel", f"requested at {time.time():.3f}\n")
+    print(f"cancel requested for {args.job} (control file jobs/control/{args.job}.cancel)")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    layout.control.mkdir(parents=True, exist_ok=True)
+    name = "shutdown-stop-runs" if args.stop_runs else "shutdown"
+    atomic_write(layout.control / name, "")
+    what = "stop every run, then exit" if args.stop_runs else "exit, leaving runs running"
+    print(f"asked mkd to {what}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    store = _open_store(layout)
+    job = store.find_job(args.job) if store else None
+    if job is None:
+        print(f"mkd: no job {args.job!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    path = layout.runs_dir / job.job_id / "report.md"
+    if path.exists():
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        return 0
+    print(f"mkd: {job.job_id} has no report yet ({path})", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+def cmd_logs(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd import status_view
+
+    store = _open_store(layout)
+    if store is None:
+        print(f"mkd: no job {args.job!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    with _closing(store):
+        return status_view.show_logs(store, args.job, follow=args.follow, attempt=args.attempt)
+
+
+def cmd_gpus(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.gpus import GpuSampler, format_gpus_table
+
+    holders: dict[str, str] = {}
+    store = _open_store(layout)
+    if store is not None:
+        with _closing(store):
+            for attempt in store.attempts(live_only=True):
+                for uuid in attempt.params.get("gpu_uuids", []):
+                    holders[uuid] = attempt.job_id
+    with GpuSampler() as sampler:
+        print(format_gpus_table(sampler.sample(), holders), end="")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.explain import explain_main
+
+    return explain_main(args.rest)
+
+
+def cmd_doctor(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.doctor import run_doctor
+
+    return run_doctor(config, layout, mimickit_dir=args.mimickit_dir)
+
+
+def cmd_install_service(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.install_service import main as install_main
+
+    status: int = install_main(args.rest)
+    return status
+
+
+class _closing:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Store:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
+# --- parser ----------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, DaemonConfig, Layout], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mkd",
+        description="Run MimicKit training jobs under supervision: drop a TOML job file into jobs/incoming "
+        "(or `mkd submit FILE`), and mkd validates, schedules, recovers and reports it.",
+    )
+    parser.add_argument("--config", help="daemon config file (default: $MKD_CONFIG, else the embedded defaults)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        cmd.set_defaults(func=func)
+        return cmd
+
+    add("run", cmd_run, "run the daemon in the foreground (SIGTERM: exit, runs keep going; twice: at once)")
+    cmd = add("submit", cmd_submit, "validate a job file, then drop it atomically into jobs/incoming")
+    cmd.add_argument("file")
+    cmd.add_argument("--name", help="file name in incoming (default: [job] name or the file's name)")
+    cmd = add("validate", cmd_validate, "check job files; print every problem with its line; exit 1 if any")
+    cmd.add_argument("files", nargs="+")
+    cmd = add("status", cmd_status, "table of jobs (or one job with its timeline)")
+    cmd.add_argument("job", nargs="?")
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    cmd.add_argument("--all", action="store_true", help="every finished job too, not only the latest 20")
+    cmd = add("logs", cmd_logs, "print a job's console log (latest attempt)")
+    cmd.add_argument("job")
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing as the run writes")
+    cmd.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
+    cmd = add("cancel", cmd_cancel, "cancel a job (drops jobs/control/JOB.cancel)")
+    cmd.add_argument("job")
+    cmd = add("shutdown", cmd_shutdown, "ask the daemon to exit (runs keep going unless --stop-runs)")
+    cmd.add_argument("--stop-runs", action="store_true", help="stop every run gracefully first")
+    cmd = add("report", cmd_report, "print a job's report.md (the runbook's checklist)")
+    cmd.add_argument("job")
+    add("gpus", cmd_gpus, "GPUs as NVML sees them, and which job holds each")
+    cmd = add("doctor", cmd_doctor, "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs")
+    cmd.add_argument("--mimickit-dir", help="MimicKit checkout to check (default: the config's)")
+    cmd = add("explain", cmd_explain, "classify a MimicKit console log: class, evidence, remedy")
+    cmd.add_argument("rest", nargs=argparse.REMAINDER, help="LOGFILE [--json]")
+    cmd = add("install-service", cmd_install_service, "install (or --uninstall) the systemd unit and directories")
+    cmd.add_argument("rest", nargs=argparse.REMAINDER, help="[--prefix P] [--dry-run] [--uninstall]")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config, layout = load_config(args.config)
+    except JobFileError as error:
+        sys.stderr.write("mkd: invalid config:\n" + error.render())
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"mkd: cannot read the config: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    func: Command = args.func
+    try:
+        return func(args, config, layout)
+    except StoreError as error:
+        print(f"mkd: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The daemon: one loop, one `tick(now)`, a list of named steps.
+
+control files -> intake -> observe attempts -> start runnable jobs -> GPU samples ->
+publish. Signal handlers only record; the loop acts. This is the only module that wires
+the store, intake, engine, scheduler, policy and metrics together.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mkd import report
+from mkd.attempts import AttemptRunner
+from mkd.config import DaemonConfig, Layout
+from mkd.gpus import GpuReading, GpuSampler
+from mkd.intake import Intake
+from mkd.sdnotify import Notifier
+from mkd.snapshot import DaemonView
+from mkd.store import Store, StoreError
+from mkd.watch import IncomingWatcher
+
+log = logging.getLogger("mkd.daemon")
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        layout: Layout,
+        *,
+        sampler: GpuSampler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+        rng: random.Random | None = None,
+        metrics: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.clock = clock
+        self.wall = wall
+        self.sampler = sampler if sampler is not None else GpuSampler()
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.rng = rng or random.Random()
+        self.metrics_enabled = config.metrics.enabled if metrics is None else metrics
+        self.wake = threading.Event()
+        self.stop_requests = 0
+        self.reload_requested = False
+        self.shutdown_stop_runs = False
+        self.started_at = wall()
+        self._lock_fd: int | None = None
+        self._watcher: IncomingWatcher | None = None
+        self._metrics: Any = None
+        self._view: DaemonView = DaemonView(started_at=self.started_at)
+        self._next_gpu_sample = 0.0
+        self.store: Store
+        self.intake: Intake
+        self.runner: AttemptRunner
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Take the lock, open the store, re-adopt runs, start intake; then READY."""
+        self.layout.create()
+        self._take_lock()
+        self.store = Store.open(self.layout.db)
+        self.intake = Intake(self.config, self.layout, self.store, wall=self.wall)
+        self.runner = AttemptRunner(
+            self.config, self.layout, self.store, clock=self.clock, wall=self.wall, rng=self.rng
+        )
+        self.runner.gpu = self.sampler.sample()
+        recovered = self.intake.recover_claims()
+        if recovered.accepted or recovered.rejected:
+            log.info("finished interrupted intake: %s", recovered)
+        self.runner.restore(self.clock())
+        self._watcher = IncomingWatcher([self.layout.incoming, self.layout.control], self.wake)
+        self._watcher.start()
+        if self.metrics_enabled:
+            self._start_metrics()
+        self._publish(self.clock())
+        self.notifier.ready(self.status_line())
+        log.info("mkd ready: jobs in %s, runs in %s", self.layout.jobs_dir, self.layout.runs_dir)
+
+    def close(self) -> None:
+        """Leave runs running (they are re-adopted by the next daemon) and release everything."""
+        self.notifier.stopping()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
+        self.runner.engine.close()
+        self.sampler.close()
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another mkd is running on {self.layout.state_dir} (lock {self.layout.lock})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _start_metrics(self) -> None:
+        from mkd.metrics import MetricsServer, make_registry
+
+        server = MetricsServer(make_registry(lambda: self._view))
+        server.start(self.config.metrics.host, self.config.metrics.port)
+        (self.layout.state_dir / "metrics.port").write_text(f"{server.port}\n")
+        self._metrics = server
+        log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, server.port)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        started = self.clock()
+        now = started if now is None else now
+        for step in (self._control, self._intake, self._observe, self._start, self._gpus, self._publish):
+            step(now)
+        self._tick_seconds = self.clock() - started
+
+    def _control(self, now: float) -> None:
+        for path in sorted(self.layout.control.iterdir()):
+            name = path.name
+            if name.startswith("."):
+                continue
+            if name.endswith(".cancel"):
+                self.runner.request_cancel(name[: -len(".cancel")], now, source=f"control file {name}")
+            elif name in ("shutdown", "shutdown-stop-runs"):
+                self.stop_requests = max(self.stop_requests, 1)
+                self.shutdown_stop_runs = self.shutdown_stop_runs or name == "shutdown-stop-runs"
+            path.unlink(missing_ok=True)
+
+    def _intake(self, now: float) -> None:
+        if self.stop_requests:
+            return
+        result = self.intake.scan(now)
+        if result.accepted or result.rejected:
+            self.wake.set()
+
+    def _observe(self, now: float) -> None:
+        self.runner.observe(now)
+
+    def _start(self, now: float) -> None:
+        if self.stop_requests:
+            return
+        self.runner.start_runnable(now)
+
+    def _gpus(self, now: float) -> None:
+        if now < self._next_gpu_sample:
+            return
+        self._next_gpu_sample = now + self.config.gpu.sample_every.total_seconds()
+        reading: GpuReading = self.sampler.sample()
+        self.runner.on_gpu_reading(reading, now)
+
+    def _publish(self, now: float) -> None:
+        self._view = self.runner.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
+        self.notifier.status(self.status_line())
+        if self.notifier.watchdog_due(now):
+            self.notifier.ping(now)
+        if self.config.metrics.hpc_job_mapping_dir:
+            from mkd.metrics import write_hpc_job_mapping
+
+            write_hpc_job_mapping(Path(self.config.metrics.hpc_job_mapping_dir), self.runner.holders_by_index())
+
+    def status_line(self) -> str:
+        return report.status_line(self._view)
+
+    def view(self) -> DaemonView:
+        return self._view
+
+    # --- running in the foreground ---------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stop_requests += 1
+        self.wake.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def run(self) -> int:
+        """Tick until asked to stop. First SIGTERM: graceful; second: at once."""
+        self.install_signal_handlers()
+        period = self.config.tick.total_seconds()
+        try:
+            while True:
+                self.wake.clear()
+                self.tick()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload()
+                if self.stop_requests and self._may_exit():
+                    break
+                self.wake.wait(period)
+        except StoreError as error:
+            log.error("stopping: %s", error)
+            return 70
+        finally:
+            self.close()
+        return 0
+
+    def _may_exit(self) -> bool:
+        if self.stop_requests > 1 or not self.shutdown_stop_runs:
+            return True
+        self.runner.stop_all(self.clock(), "daemon shutdown --stop-runs")
+        return not self.runner.live
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        log.info("SIGHUP: reloading is limited to the log level in this version")
+        logging.getLogger("mkd").setLevel(self.config.log_level.upper())
+        self.notifier.ready(self.status_line())

@@ -1,0 +1,53 @@
+"""The post-mortem bundle kept before mkd kills a stuck or stalled run.
+
+Once the run is killed its state is gone, so the evidence a person needs (the log tail,
+the GPUs as nvidia-smi would show them, the process tree) is written first, into
+ATTEMPT_DIR/postmortem/.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mkd.engine import ChildInfo
+from mkd.fsutil import atomic_write
+from mkd.gpus import GpuReading, format_gpus_table
+from mkd.procs import all_stats, descendants
+
+TAIL_LINES = 200
+
+
+def log_tail(console: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        text = console.read_bytes()[-256 * 1024 :].decode("utf-8", "replace")
+    except OSError as error:
+        return f"(console unreadable: {error})\n"
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:]) + "\n"
+
+
+def process_table(child: ChildInfo | None) -> str:
+    if child is None:
+        return "(the run never started)\n"
+    stats = all_stats()
+    tree = descendants(child.pid, stats)
+    rows = [s for s in stats if s.pgid == child.pgid or s.pid in tree]
+    lines = [f"{'PID':>8} {'PPID':>8} {'PGID':>8} S COMMAND"]
+    lines += [f"{s.pid:>8} {s.ppid:>8} {s.pgid:>8} {s.state} {s.comm}" for s in sorted(rows, key=lambda s: s.pid)]
+    return "\n".join(lines) + "\n"
+
+
+def gpu_snapshot(reading: GpuReading) -> str:
+    text = format_gpus_table(reading, {})
+    procs = [f"GPU{g.index} pid {p.pid} {p.used_bytes >> 20} MiB" for g in reading.gpus for p in g.processes]
+    return text + ("\n" + "\n".join(procs) + "\n" if procs else "")
+
+
+def write_bundle(attempt_dir: Path, console: Path, reading: GpuReading, child: ChildInfo | None) -> Path:
+    folder = attempt_dir / "postmortem"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "log_tail.txt", log_tail(console))
+    atomic_write(folder / "gpus.txt", gpu_snapshot(reading))
+    atomic_write(folder / "processes.txt", process_table(child))
+    atomic_write(folder / "taken_at.txt", time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+    return folder

@@ -1,0 +1,173 @@
+"""What people read: the one-line daemon status, status.json and report.md of a job.
+
+report.md is the runbook's output checklist, filled in from the store and the attempts'
+folders: exact commands, devices and num_envs, output paths and whether model.pt and
+log.txt exist, whether the long run is alive, the test's Mean Return, the visualization
+result, which fallback step solved what, whether the NCCL preset was applied.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from mkd.fsutil import read_json
+from mkd.mimickit.results import check_train_artifacts
+from mkd.snapshot import DaemonView
+from mkd.spec import JobSpec
+from mkd.store import AttemptRecord, Event, JobRecord
+
+
+def status_line(view: DaemonView) -> str:
+    """e.g. "2 running (deepmimic-e2e: iter 1200, 78k samples/s), 3 queued, 1 failed · GPU0 87% GPU1 91%"."""
+    counts = view.jobs_by_state
+    running = [j for j in view.jobs if j.state == "running"]
+    parts: list[str] = []
+    if running:
+        shown = []
+        for job in running[:2]:
+            bits = [f"iter {job.iteration}"] if job.iteration is not None else []
+            if job.samples_per_second:
+                bits.append(f"{job.samples_per_second / 1000:.0f}k samples/s")
+            shown.append(f"{job.job_id}: {', '.join(bits)}" if bits else job.job_id)
+        more = ", ..." if len(running) > 2 else ""
+        parts.append(f"{len(running)} running ({'; '.join(shown)}{more})")
+    else:
+        parts.append("0 running")
+    for state in ("queued", "retry_wait", "failed"):
+        if counts.get(state):
+            parts.append(f"{counts[state]} {state.replace('_', ' ')}")
+    line = ", ".join(parts)
+    if view.gpu.available and view.gpu.gpus:
+        line += " · " + " ".join(
+            f"GPU{g.index} {'?' if g.utilization_pct is None else f'{g.utilization_pct:.0f}'}%" for g in view.gpu.gpus
+        )
+    elif not view.gpu.available:
+        line += " · no GPU metrics"
+    return line
+
+
+def _command(attempt: AttemptRecord) -> str:
+    data = read_json(Path(attempt.dir) / "command.json")
+    return shlex.join(data["argv"]) if isinstance(data, dict) else "(not recorded)"
+
+
+def _alive(attempt: AttemptRecord) -> bool:
+    return attempt.state != "ended"
+
+
+def status_dict(
+    job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord], live_progress: dict[str, Any] | None, wall: float
+) -> dict[str, Any]:
+    stages = spec.effective_stages
+    stage = stages[min(job.stage_index, len(stages) - 1)]
+    last = attempts[-1] if attempts else None
+    return {
+        "job_id": job.job_id,
+        "name": job.name,
+        "state": job.state.value,
+        "reason": job.reason,
+        "stage": stage.label(job.stage_index),
+        "stage_index": job.stage_index,
+        "stages": [s.label(i) for i, s in enumerate(stages)],
+        "plan": job.plan,
+        "attempts": [
+            {
+                "number": a.number,
+                "stage": a.stage_label,
+                "state": a.state.value,
+                "outcome": a.outcome,
+                "failure_class": a.failure_class,
+                "returncode": a.returncode,
+                "signal": a.signal,
+                "num_envs": a.params.get("num_envs"),
+                "gpus": a.params.get("gpu_indices", []),
+                "dir": a.dir,
+                "started_at": a.started_at,
+                "ended_at": a.ended_at,
+            }
+            for a in attempts
+        ],
+        "progress": live_progress if live_progress is not None else (last.progress if last else {}),
+        "results": job.stage_data.get("results", {}),
+        "fallbacks": job.stage_data.get("fallbacks", []),
+        "submitted_at": job.submitted_at,
+        "finished_at": job.finished_at,
+        "written_at": wall,
+    }
+
+
+def _stage_attempts(attempts: list[AttemptRecord], label: str) -> list[AttemptRecord]:
+    return [a for a in attempts if a.stage_label == label]
+
+
+def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> dict[str, str]:
+    """The runbook's output checklist as ordered key/value lines."""
+    items: dict[str, str] = {"job": job.job_id, "state": f"{job.state.value} ({job.reason})"}
+    results: dict[str, Any] = job.stage_data.get("results", {})
+    for index, stage in enumerate(spec.effective_stages):
+        label = stage.label(index)
+        tried = _stage_attempts(attempts, label)
+        result = results.get(label, {})
+        if not tried:
+            items[f"{label}: status"] = f"skipped: {result['skipped']}" if "skipped" in result else "not run"
+            continue
+        final = tried[-1]
+        out_dir = Path(final.dir) / "out"
+        items[f"{label}: command"] = _command(final)
+        items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.get("gpu_indices", [])) or "cpu"
+        items[f"{label}: num_envs"] = str(final.params.get("num_envs"))
+        items[f"{label}: attempts"] = str(len(tried))
+        items[f"{label}: exit"] = f"returncode {final.returncode}, signal {final.signal}, outcome {final.outcome}"
+        if stage.kind in ("train", "warmup", "long_run", "probe", "sweep"):
+            artifacts = check_train_artifacts(out_dir)
+            items[f"{label}: output"] = str(out_dir)
+            items[f"{label}: model.pt"] = "yes" if artifacts["model.pt"] else "no"
+            items[f"{label}: log.txt"] = "yes" if artifacts["log.txt"] else "no"
+        if stage.kind == "long_run":
+            items[f"{label}: alive"] = "yes" if _alive(final) else "no"
+        test = final.progress.get("test_result")
+        if stage.kind in ("test", "visualize"):
+            items[f"{label}: Mean Return"] = str(test["mean_return"]) if test else "not printed"
+            items[f"{label}: Episodes"] = str(test["episodes"]) if test else "-"
+        if stage.kind == "probe":
+            items[f"{label}: chosen num_envs"] = str(result.get("num_envs", "-"))
+            items[f"{label}: probes"] = str(len(result.get("probes", [])) or len(tried))
+            items[f"{label}: GPU-seconds probing"] = f"{float(job.stage_data.get('gpu_seconds_probing', 0.0)):.1f}"
+        if stage.kind == "sweep" and "best" in result:
+            best = result["best"]
+            items[f"{label}: best point"] = f"{best['point']} (num_envs={best['num_envs']})"
+        if stage.kind == "warmup" and "promoted_num_envs" in result:
+            items[f"{label}: promoted num_envs"] = str(result["promoted_num_envs"])
+    fallbacks = job.stage_data.get("fallbacks", [])
+    items["fallback"] = "; ".join(f"{f['stage']} attempt {f['attempt']}: {f['step']}" for f in fallbacks) or "none"
+    nccl = [a for a in attempts if (read_json(Path(a.dir) / "command.json") or {}).get("nccl")]
+    items["NCCL preset applied"] = (
+        f"yes ({', '.join(sorted({str(a.params.get('nccl_preset') or 'job env') for a in nccl}))})" if nccl else "no"
+    )
+    return items
+
+
+def render_report(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord], events: list[Event]) -> str:
+    lines = [f"# mkd report: {job.job_id}", "", "## Checklist", ""]
+    lines += [f"- {key}: {value}" for key, value in checklist(job, spec, attempts).items()]
+    lines += [
+        "",
+        "## Attempts",
+        "",
+        "| # | stage | num_envs | GPUs | outcome | class | rc | signal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a in attempts:
+        gpus = ",".join(str(i) for i in a.params.get("gpu_indices", [])) or "-"
+        lines.append(
+            f"| {a.number} | {a.stage_label} | {a.params.get('num_envs', '-')} | {gpus} | {a.outcome or a.state.value} "
+            f"| {a.failure_class or '-'} | {a.returncode} | {a.signal} |"
+        )
+    lines += ["", "## Timeline", ""]
+    for event in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))
+        lines.append(f"- {stamp} [{event.kind}] {event.message}")
+    return "\n".join(lines) + "\n"
