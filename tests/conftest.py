@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Home, new_token, processes_with_token
+from tests.harness import Home, kill_leaked, new_token
 
 
 @pytest.fixture
@@ -24,13 +24,5 @@ def token() -> Iterator[str]:
     """A token for processes a test starts itself; fails the test if any is left."""
     value = new_token()
     yield value
-    leaked = processes_with_token(value)
-    for pid in leaked:
-        import os
-        import signal
-
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    leaked = kill_leaked(value)
     assert not leaked, f"processes left behind: {leaked}"

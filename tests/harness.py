@@ -6,6 +6,7 @@ test can find (and fail on) any process of its runs left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -211,13 +212,16 @@ class Home:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        leaked = processes_with_token(self.token)
-        for pid in leaked:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return leaked
+        return kill_leaked(self.token)
+
+
+def kill_leaked(token: str) -> list[int]:
+    """Kill every process carrying `token`; returns their pids (a test fails on a non-empty list)."""
+    leaked = processes_with_token(token)
+    for pid in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return leaked
 
 
 def new_token() -> str:
