@@ -79,7 +79,8 @@ def render_unit(template: str, *, python: str, user: str, group: str) -> str:
     """The unit with ExecStart= running ``python`` and the given User=/Group=."""
     if not os.path.isabs(python):
         raise InstallError(f"the interpreter must be an absolute path, not {python!r}")
-    exec_start = f"ExecStart={shlex.quote(python)} -m mkd run --config /{CONFIG}"
+    # --config before the subcommand: it is an option of `mkd`, not of `mkd run`.
+    exec_start = f"ExecStart={shlex.quote(python)} -m mkd --config /{CONFIG} run"
     replacements = {"ExecStart": exec_start, "User": f"User={user}", "Group": f"Group={group}"}
     lines = template.splitlines()
     for key, line in replacements.items():

@@ -71,7 +71,7 @@ def test_systemd_analyze_security_exposure(unit_file: Path) -> None:
 
 
 def test_unit_keeps_the_signal_contract() -> None:
-    settings = {}
+    settings: dict[str, str] = {}
     for line in unit_template().splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)

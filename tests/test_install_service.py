@@ -38,7 +38,7 @@ def test_install_into_a_prefix(tmp_path: Path) -> None:
     actions = install_service(tmp_path, python=PYTHON)
 
     unit = (tmp_path / UNIT).read_text()
-    assert _unit_lines(unit, "ExecStart") == [f"{PYTHON} -m mkd run --config /etc/mkd/mkd.toml"]
+    assert _unit_lines(unit, "ExecStart") == [f"{PYTHON} -m mkd --config /etc/mkd/mkd.toml run"]
     assert _unit_lines(unit, "User") == ["mkd"]
     assert _unit_lines(unit, "Group") == ["mkd-submit"]
     assert _unit_lines(unit, "KillMode") == ["process"]
@@ -79,7 +79,7 @@ def test_a_new_interpreter_rewrites_the_unit(tmp_path: Path) -> None:
     install_service(tmp_path, python=PYTHON)
     install_service(tmp_path, python="/usr/local/mkd venv/bin/python3")
     unit = (tmp_path / UNIT).read_text()
-    assert _unit_lines(unit, "ExecStart") == ["'/usr/local/mkd venv/bin/python3' -m mkd run --config /etc/mkd/mkd.toml"]
+    assert _unit_lines(unit, "ExecStart") == ["'/usr/local/mkd venv/bin/python3' -m mkd --config /etc/mkd/mkd.toml run"]
 
 
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_render_unit_replaces_exactly_the_identity_and_command() -> None:
     unit = render_unit(template, python="/x/python", user="u", group="g")
     changed = [(old, new) for old, new in zip(template.splitlines(), unit.splitlines(), strict=True) if old != new]
     assert [new for _, new in changed] == [
-        "ExecStart=/x/python -m mkd run --config /etc/mkd/mkd.toml",
+        "ExecStart=/x/python -m mkd --config /etc/mkd/mkd.toml run",
         "User=u",
         "Group=g",
     ]
