@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv with mkd and its test tools, and builds the fake NVML used by the tests.
+# Idempotent; run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+tests/fake_nvml/build.sh >/dev/null
