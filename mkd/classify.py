@@ -84,10 +84,10 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig(_F.CUDA_OOM, r"CUBLAS_STATUS_ALLOC_FAILED", "seen: §6.3 row 2, first actor forward"),
     _sig(_F.CUDA_OOM, r"Graph launch error: .*out of memory", "seen: §6.3 row 3, mid-run CUDA graph launch"),
     _sig(_F.CUDA_OOM, r"CUDA out of memory|OutOfMemoryError", "not seen: torch's allocator text (§6.3 note)"),
-    _sig(_F.CUDA_OOM, r"Cuda failure \d+ 'out of memory'", "synthesized: NCCL's last-error line in torch reports"),
+    _sig(_F.CUDA_OOM, r"Cuda failure (?:\d+ )?'out of memory'", "synthesized: NCCL's last-error line in torch reports"),
     # -- runbook class A: a start-up failure of a multi-device run. A spawn child's traceback
     #    starts with "Process Process-N:" and the root then waits for it forever (§6.2, §6.3 class A).
-    _sig(_F.STARTUP_MULTI_DEVICE, r"^Process Process-\d+:", "seen: §6.2 and §6.3 class A, rank 1", live=True),
+    _sig(_F.STARTUP_MULTI_DEVICE, r"^Process (?:\w+)?Process-\d+:", "seen: §6.2 and §6.3 class A, rank 1", live=True),
     _sig(_F.STARTUP_MULTI_DEVICE, r"DistBackendError", "synthesized: torch DistBackendError on NCCL init"),
     _sig(_F.STARTUP_MULTI_DEVICE, r"nccl(?:UnhandledCuda|System|Internal|Remote)Error", "synthesized: NCCL"),
     # -- master_port taken: rank 0 fails, rank 1 joins the other run's store, never exits (§6.2).
@@ -95,9 +95,9 @@ SIGNATURES: tuple[Signature, ...] = (
     # -- the GL viewer: headless machine (seen, §1 `visualize`), WSL/Mesa shaders (runbook Stage 3).
     _sig(_F.VISUALIZE_GL, r"NoSuchDisplayException", "seen: §6 no --visualize false", permanent=True),
     _sig(_F.VISUALIZE_GL, r"GLSL 1\.50 is not supported", "runbook Stage 3 (not run here)"),
-    _sig(_F.VISUALIZE_GL, r"(?i)shader ?(?:compil\w*|link\w*) (?:fail|error)|ShaderException", "synthesized"),
+    _sig(_F.VISUALIZE_GL, r"(?i:shader ?(?:compil\w*|link\w*) (?:fail|error))|ShaderException", "synthesized"),
     # -- NaN divergence: a loss or return printed as nan in a console table (§6 NaN row).
-    _sig(_F.NAN_DIVERGENCE, r"(?i)^\|\s*\w*(?:loss|return)\w*\s*\|\s*nan\s*\|", "seen: §6 NaN divergence", live=True),
+    _sig(_F.NAN_DIVERGENCE, r"^\|\s*\w*(?i:loss|return)\w*\s*\|\s*nan\s*\|", "seen: §6 NaN divergence", live=True),
     # -- wrong package versions or builds (§5.1 version failures, §6.2, §6).
     _sig(_F.ENV_MISMATCH, r"'AttributeNamespace' object has no attribute", "seen: §5.1 newton 1.8.0"),
     _sig(_F.ENV_MISMATCH, r"module 'warp\.config' has no attribute", "seen: §5.1 newton 1.0.0 + warp 1.19.0"),
@@ -281,11 +281,15 @@ def _decode(exit: ExitInfo | None) -> tuple[str, int | None]:
     return "exit", rc
 
 
+# One pass over each line first: most lines match nothing, and logs run to megabytes.
+_ANY_SIGNATURE = re.compile("|".join(f"(?:{signature.pattern.pattern})" for signature in SIGNATURES))
+
+
 def _hits(lines: Sequence[str]) -> list[_Hit]:
     return [
         _Hit(index, line, signature)
         for index, line in enumerate(lines)
-        if line
+        if line and _ANY_SIGNATURE.search(line)
         for signature in SIGNATURES
         if signature.pattern.search(line)
     ]

@@ -1,0 +1,251 @@
+"""The classifier on the real MimicKit outputs, plus the synthesized class D texts and the exit rules."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from mkd.classify import (
+    CAUSE_ORDER,
+    REMEDIES,
+    SIGNATURES,
+    ExitInfo,
+    FailureClass,
+    classify,
+    row_has_nan,
+    scan_live,
+    split_lines,
+)
+from mkd.mimickit.console import ConsoleParser
+
+F = FailureClass
+FIXTURES = Path(__file__).parent / "fixtures" / "mimickit"
+RC1 = ExitInfo(1, None)
+RC0 = ExitInfo(0, None)
+TERM = ExitInfo(None, signal.SIGTERM)
+KILL = ExitInfo(None, signal.SIGKILL)
+INT = ExitInfo(None, signal.SIGINT)
+
+
+def read(name: str) -> str:
+    return (FIXTURES / name).read_text(encoding="utf-8", errors="replace")
+
+
+# file, how it ended (mimickit.md §5-§6 and the fixtures' EXIT_CODE lines), multi-device, class
+FAILURES = [
+    ("cpu_fail_agent_missing_key.stdout.txt", RC1, False, F.CONFIG_ERROR),
+    ("cpu_fail_bad_arg_file.stdout.txt", RC1, False, F.CONFIG_ERROR),
+    ("cpu_fail_bad_env_config.stdout.txt", RC1, False, F.CONFIG_ERROR),
+    ("cpu_fail_missing_motion.stdout.txt", RC1, False, F.CONFIG_ERROR),
+    ("cpu_fail_num_envs_not_int.stdout.txt", RC1, False, F.CONFIG_ERROR),
+    ("cpu_fail_visualize_without_value.stdout.txt", RC1, False, F.CONFIG_ERROR),
+    ("cpu_fail_default_device_cuda0.stdout.txt", RC1, False, F.ENV_MISMATCH),
+    ("cpu_fail_newton180_dof_passive_damping.stdout.txt", RC1, False, F.ENV_MISMATCH),
+    ("cpu_fail_ulimit_v_1000000KB.stdout.txt", RC1, False, F.ENV_MISMATCH),
+    ("gpu_h100_1gpu_fail_cuda_oom_hog_gpu0_at_start_nenv4096.stdout.txt", RC1, False, F.CUDA_OOM),
+    ("gpu_h100_1gpu_fail_cuda_oom_hog_after_first_iteration_nenv4096.stdout.txt", RC1, False, F.CUDA_OOM),
+    ("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt", KILL, True, F.STARTUP_MULTI_DEVICE),
+    ("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt", None, True, F.STARTUP_MULTI_DEVICE),
+    ("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt", KILL, False, F.STARTUP_MULTI_DEVICE),
+    ("cpu_2proc_master_port_in_use_second_run.stdout.txt", ExitInfo(124, None), True, F.PORT_IN_USE),
+    ("cpu_2proc_master_port_in_use_second_run.stdout.txt", None, True, F.PORT_IN_USE),
+    ("cpu_train_nenv4_stock_agent_nan_divergence_then_sigterm.stdout.txt", TERM, False, F.NAN_DIVERGENCE),
+    ("cpu_train_nenv4_stock_agent_nan_divergence_then_sigterm.stdout.txt", None, False, F.NAN_DIVERGENCE),
+    ("cpu_1proc_sigTERM_PYTHONUNBUFFERED1.stdout.txt", TERM, False, F.KILLED),
+    ("cpu_1proc_sigTERM_PYTHONUNBUFFERED1.stdout.txt", ExitInfo(143, None), False, F.KILLED),
+    ("cpu_2proc_sigTERM_root_only.stdout.txt", TERM, True, F.KILLED),
+    ("cpu_2proc_sigTERM_process_group.stdout.txt", ExitInfo(-15, None), True, F.KILLED),
+    ("gpu_h100_2gpu_sigTERM_process_group.stdout.txt", ExitInfo(143, None), True, F.KILLED),
+    ("cpu_1proc_sigINT_default_disposition.stdout.txt", INT, False, F.KILLED),
+    ("cpu_2proc_sigINT_process_group_default_disposition.stdout.txt", ExitInfo(-2, None), True, F.KILLED),
+    ("gpu_h100_2gpu_kill9_root.stdout.txt", KILL, True, F.KILLED),
+    ("gpu_h100_1gpu_train_nenv2048_timeout55s.stdout.txt", ExitInfo(124, None), False, F.TIMEOUT),
+]
+
+
+@pytest.mark.parametrize(("name", "exit_info", "multi", "expected"), FAILURES)
+def test_real_failures(name: str, exit_info: ExitInfo | None, multi: bool, expected: FailureClass) -> None:
+    text = read(name)
+    found = classify(text, exit_info, multi_device=multi)
+    assert found is not None
+    assert found.failure is expected
+    assert found.evidence, "a classification always shows its evidence"
+    lines = set(split_lines(text))
+    assert all(line in lines for line in found.evidence), "evidence lines are verbatim log lines"
+    assert found.remedy == REMEDIES[expected]
+
+
+def test_evidence_names_the_cause() -> None:
+    found = classify(read("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt"), KILL)
+    assert found is not None
+    assert "Process Process-1:" in found.evidence
+    assert "RuntimeError: Failed to allocate 34406400 bytes on device 'cuda:1'" in found.evidence
+    assert not found.permanent
+    config = classify(read("cpu_fail_agent_missing_key.stdout.txt"), RC1)
+    assert config is not None and config.evidence == ("KeyError: 'discount'",) and config.permanent
+    orphan = classify(read("cpu_2proc_sigTERM_root_only.stdout.txt"), TERM)
+    assert orphan is not None and any("Connection closed by peer" in line for line in orphan.evidence)
+
+
+SUCCESSES = [
+    ("cpu_train_nenv16_quick.stdout.txt", "train"),
+    ("cpu_2proc_train_nenv8.stdout.txt", "train"),
+    ("cpu_agent_unknown_key.stdout.txt", "train"),
+    ("cpu_typo_num_env_silently_ignored.stdout.txt", "train"),
+    ("cpu_arg_file_with_cli_overrides.stdout.txt", "train"),
+    ("cpu_resume_with_model_file_new_outdir.stdout.txt", "train"),
+    ("cpu_train_into_existing_outdir.stdout.txt", "train"),
+    ("gpu_h100_2gpu_train_nenv4096_default_nccl.stdout.txt", "long_run"),
+    ("cpu_test_mode_nenv4.stdout.txt", "test"),
+    ("gpu_h100_1gpu_test_nenv256.stdout.txt", "test"),
+]
+
+
+@pytest.mark.parametrize(("name", "stage"), SUCCESSES)
+def test_real_successes_are_not_failures(name: str, stage: str) -> None:
+    text = read(name)
+    assert classify(text, RC0, stage_kind=stage) is None
+    assert classify(text, None, stage_kind=stage) is None, "a healthy running attempt shows nothing"
+
+
+@pytest.mark.parametrize(
+    "name", [name for name, _ in SUCCESSES] + ["cpu_2proc_master_port_in_use_first_run_tail_after.stdout.txt"]
+)
+def test_scan_live_never_fires_on_healthy_runs(name: str) -> None:
+    lines = split_lines(read(name))
+    for start in range(0, len(lines), 50):
+        assert scan_live(lines[start : start + 50]) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt", F.STARTUP_MULTI_DEVICE),
+        ("cpu_2proc_master_port_in_use_second_run.stdout.txt", F.PORT_IN_USE),
+        ("cpu_train_nenv4_stock_agent_nan_divergence_then_sigterm.stdout.txt", F.NAN_DIVERGENCE),
+    ],
+)
+def test_scan_live_fires_on_hangs(name: str, expected: FailureClass) -> None:
+    lines = split_lines(read(name))
+    verdicts = [scan_live(lines[start : start + 40]) for start in range(0, len(lines), 40)]
+    fired = [verdict for verdict in verdicts if verdict is not None]
+    assert fired and fired[0].failure is expected
+
+
+# The runbook's class D texts were never provoked for real; these follow NCCL's and torch's formats.
+CLASS_D = [
+    "gpu-host:4242:4259 [0] include/alloc.h:125 NCCL WARN Cuda failure 2 'out of memory'",
+    "gpu-host:4242:4259 [0] NCCL INFO comm 0x55d0c8a0e2b0 rank 0 nranks 2 cudaDev 0 busId 6000 - Abort COMPLETE",
+]
+
+
+def test_class_d_synthesized() -> None:
+    text = read("cpu_2proc_train_nenv8.stdout.txt") + "\n".join(CLASS_D) + "\n"
+    live = scan_live(CLASS_D[1:])
+    assert live is not None and live.failure is F.NCCL_ABORT_HANG
+    running = classify(text, None, multi_device=True)
+    assert running is not None and running.failure is F.NCCL_ABORT_HANG
+    stalled = classify(text, TERM, multi_device=True, stop_reason=F.STALL)
+    assert stalled is not None and stalled.failure is F.NCCL_ABORT_HANG, "the abort explains the stall"
+    assert stalled.evidence == tuple(CLASS_D)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected", "permanent"),
+    [
+        ("AttributeError: module 'warp.config' has no attribute 'verbose'", F.ENV_MISMATCH, True),
+        ("RuntimeError: Distributed package doesn't have NCCL built in", F.ENV_MISMATCH, True),
+        ("AssertionError: Unsupported agent: PPOX", F.CONFIG_ERROR, True),
+        ("AssertionError: Unsupported mode: evaluate", F.CONFIG_ERROR, True),
+        ("AssertionError: Unsupported logger: foo", F.CONFIG_ERROR, True),
+        ("FileNotFoundError: [Errno 2] No such file or directory: '<RUNS>/x/nope.pt'", F.CONFIG_ERROR, True),
+        ("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", F.CUDA_OOM, False),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", F.CUDA_OOM, False),
+        ('pyglet.display.xlib.NoSuchDisplayException: Cannot connect to "None"', F.VISUALIZE_GL, True),
+        ("0:1(10): error: GLSL 1.50 is not supported. Supported versions are: 1.10", F.VISUALIZE_GL, False),
+        ("[rank0]: KeyError: 'discount'", F.CONFIG_ERROR, True),
+    ],
+)
+def test_single_signatures(line: str, expected: FailureClass, permanent: bool) -> None:
+    found = classify(f"Setting seed: 1\nTraceback (most recent call last):\n{line}\n", RC1)
+    assert found is not None
+    assert (found.failure, found.permanent) == (expected, permanent)
+    assert found.evidence == (line,)
+
+
+def test_multi_device_start_up_oom_is_class_a_but_a_mid_run_one_is_not() -> None:
+    oom = "Warp CUDA error 2: out of memory (in function wp_alloc_device_async, x)\n"
+    start_up = classify(f"Building deepmimic env\n{oom}", RC1, multi_device=True)
+    assert start_up is not None and start_up.failure is F.STARTUP_MULTI_DEVICE
+    single = classify(f"Building deepmimic env\n{oom}", RC1)
+    assert single is not None and single.failure is F.CUDA_OOM
+    table = read("cpu_train_nenv16_quick.stdout.txt")
+    mid_run = classify(table + oom, RC1, multi_device=True)
+    assert mid_run is not None and mid_run.failure is F.CUDA_OOM
+    resumed = classify(oom, RC1, multi_device=True, had_progress=True)
+    assert resumed is not None and resumed.failure is F.CUDA_OOM
+
+
+def test_nccl_init_failure_in_a_child_is_class_a() -> None:
+    text = (
+        "Process Process-1:\nTraceback (most recent call last):\n"
+        "torch.distributed.DistBackendError: NCCL error in: NCCLUtils.cpp:77, unhandled cuda error\n"
+        "ncclUnhandledCudaError: Call to CUDA function failed.\n"
+    )
+    found = classify(text, KILL)
+    assert found is not None and found.failure is F.STARTUP_MULTI_DEVICE
+
+
+def test_exit_rules() -> None:
+    train = read("cpu_train_nenv16_quick.stdout.txt")
+    missing = classify(train, RC0, outputs_missing=True)
+    assert missing is not None and missing.failure is F.WARMUP_OUTPUTS_MISSING
+    long_run = classify(train, RC1, stage_kind="long_run")
+    assert long_run is not None and long_run.failure is F.LONG_RUN_EXITED
+    assert len(long_run.evidence) == 20
+    warmup = classify(train, RC1, stage_kind="warmup")
+    assert warmup is not None and warmup.failure is F.UNKNOWN
+    no_progress = classify("Setting seed: 1\n", RC1, stage_kind="long_run")
+    assert no_progress is not None and no_progress.failure is F.UNKNOWN
+    progressed = classify("Setting seed: 1\n", RC1, stage_kind="long_run", had_progress=True)
+    assert progressed is not None and progressed.failure is F.LONG_RUN_EXITED
+    no_result = classify(train, RC0, stage_kind="test")
+    assert no_result is not None and no_result.failure is F.UNKNOWN
+    for shell_code in (137, 143, 130, -9):
+        killed = classify(train, ExitInfo(shell_code, None))
+        assert killed is not None and killed.failure is F.KILLED
+
+
+def test_stop_reasons() -> None:
+    train = read("cpu_train_nenv16_quick.stdout.txt")
+    for reason in (F.STALL, F.TIMEOUT, F.CANCELLED):
+        found = classify(train, TERM, stop_reason=reason)
+        assert found is not None and found.failure is reason
+    class_a = read("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt")
+    cancelled = classify(class_a, KILL, stop_reason=F.CANCELLED)
+    assert cancelled is not None and cancelled.failure is F.CANCELLED and cancelled.permanent
+    stalled = classify(class_a, KILL, stop_reason=F.STALL)
+    assert stalled is not None and stalled.failure is F.STARTUP_MULTI_DEVICE
+    with pytest.raises(ValueError, match="stop_reason"):
+        classify(train, TERM, stop_reason=F.CUDA_OOM)
+    with pytest.raises(ValueError, match="stage kind"):
+        classify(train, TERM, stage_kind="eval")
+
+
+def test_row_has_nan() -> None:
+    parser = ConsoleParser()
+    rows = parser.feed(read("cpu_train_nenv4_stock_agent_nan_divergence_then_sigterm.stdout.txt"))
+    assert [row_has_nan(row) for row in rows] == [True, True]
+    healthy = parser.feed(read("cpu_train_nenv16_quick.stdout.txt"))
+    assert not any(row_has_nan(row) for row in healthy)
+
+
+def test_the_signature_table_is_complete() -> None:
+    assert all(signature.source for signature in SIGNATURES)
+    assert set(REMEDIES) == set(FailureClass)
+    assert len(set(CAUSE_ORDER)) == len(CAUSE_ORDER)
+    synthesized = {s.failure for s in SIGNATURES if s.source.startswith("synthesized")}
+    assert F.NCCL_ABORT_HANG in synthesized
+    assert all(member.value == member.name.lower() for member in FailureClass)
