@@ -32,7 +32,7 @@ _PROGRESS = re.compile(
     r"^(?:Char \d+ properties|\t|Building |Loading |Loaded |Initializing |Module |\||-{10,}"
     r"|Setting seed|Using master port|Warp |Total parameter)"
 )
-_MULTI = re.compile(r"^(?:Using master port:|\[rank[1-9]\d*\]:|Process Process-\d+:)", re.MULTILINE)
+_MULTI = re.compile(r"^(?:Using master port:|\[rank[1-9]\d*\]:|Process (?:\w+)?Process-\d+:)", re.MULTILINE)
 
 
 def explain_main(argv: list[str]) -> int:
