@@ -69,8 +69,9 @@ class MimicKitWorkload(Frozen):
         for device in value:
             if not DEVICE.fullmatch(device):
                 raise ValueError(f"device {device!r} is not 'cpu' or 'cuda:N'")
-        if len(set(value)) != len(value):
-            raise ValueError("a device is listed twice")
+        cuda = [d for d in value if d != "cpu"]
+        if len(set(cuda)) != len(cuda):
+            raise ValueError("a cuda device is listed twice (only 'cpu' may repeat: one process each)")
         kinds = {d.split(":")[0] for d in value}
         if len(kinds) > 1:
             raise ValueError("mixing 'cpu' and 'cuda' devices mixes gloo and NCCL ranks, which MimicKit cannot do")
