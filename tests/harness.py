@@ -162,6 +162,16 @@ class Home:
                 f"daemon log tail:\n{self.log.read_text()[-3000:] if self.log.exists() else ''}"
             ) from None
 
+    def report(self, job_id: str) -> str:
+        """runs/JOB/report.md once it shows the job's current state (it is written just after the store)."""
+        path = self.root / "runs" / job_id / "report.md"
+
+        def current() -> str | None:
+            text = path.read_text() if path.exists() else ""
+            return text if f"- state: {self.state(job_id)} " in text else None
+
+        return str(wait_for(current, 5, f"report.md of {job_id} to catch up"))
+
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         conn = self.db()
         try:

@@ -79,8 +79,7 @@ def test_mimickit_job_runs_to_completion_with_progress(home: Home) -> None:
         "--devices", "cpu", "--num_envs", "8", "--max_samples", "2560", "--out_dir", f"{attempt['dir']}/out",
     ]  # fmt: skip
     assert (Path(attempt["dir"]) / "out" / "model.pt").exists()
-    report_md = home.root / "runs" / "train" / "report.md"
-    report = wait_for(lambda: "- state: succeeded" in report_md.read_text() and report_md.read_text(), 5, "report")
+    report = home.report("train")
     assert "- 1-train: model.pt: yes" in report and "- 1-train: log.txt: yes" in report
     home.stop()
 
