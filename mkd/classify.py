@@ -215,9 +215,10 @@ def classify(
 ) -> Classification | None:
     """The failure class of an attempt, or None when nothing looks wrong.
 
-    `stop_reason` is STALL, TIMEOUT or CANCELLED when mkd itself stopped the attempt. A hang
-    signature in the log (class A or D, a port in use, NaN) still wins over STALL and TIMEOUT,
-    since it says why the run stalled; CANCELLED always wins.
+    `stop_reason` is STALL, TIMEOUT or CANCELLED when mkd itself stopped the attempt. A failure
+    signature in the log (class A or D, a port in use, NaN, a root's config error...) still wins
+    over STALL and TIMEOUT, since it says why the run stopped making progress; CANCELLED always
+    wins. Exit statuses -N and 128+N (a shell's way) mean death by signal N.
     """
     if stage_kind not in STAGE_KINDS:
         raise ValueError(f"unknown stage kind {stage_kind!r}; expected one of {', '.join(STAGE_KINDS)}")

@@ -107,3 +107,13 @@ def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert explain_main([str(tmp_path / "absent.log")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert explain_main([str(tmp_path)]) == 2
+
+
+def test_a_huge_log_is_read_by_its_head_and_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mkd.explain._HEAD_BYTES", 200)
+    monkeypatch.setattr("mkd.explain._TAIL_BYTES", 5000)
+    report = explain_report(FIXTURES / "gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt")
+    assert report["multi_device"] is True, "the head still shows 'Using master port'"
+    assert report["exit"]["returncode"] == 137
+    assert report["failure"] == "startup_multi_device", "the tail keeps the child's last words"
+    assert report["evidence"] == ["RuntimeError: Failed to allocate 34406400 bytes on device 'cuda:1'"]
