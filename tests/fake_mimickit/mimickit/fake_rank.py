@@ -251,7 +251,6 @@ def _iteration_faults(ctx: Rank, iteration: int) -> None:
         raise RuntimeError(f"fake MimicKit: injected crash at iteration {iteration}")  # synthesized
     if faults.at("nccl_abort_at", iteration):
         print(texts.nccl_abort_lines(ctx.procs), file=sys.stderr, flush=True)
-        sys.stdout.flush()
         sleep_forever()
     if faults.at("stall_at", iteration):
         sleep_forever()
