@@ -25,9 +25,13 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 
 
+HOST_CONFIG = Path("/etc/mkd/mkd.toml")
+
+
 def load_config(path: str | None) -> tuple[DaemonConfig, Layout]:
-    """The config at `path` (or $MKD_CONFIG), or the embedded defaults based in the cwd."""
-    path = path or os.environ.get("MKD_CONFIG")
+    """The config at `path`, else $MKD_CONFIG, else /etc/mkd/mkd.toml of a host install,
+    else the embedded defaults based in the current directory."""
+    path = path or os.environ.get("MKD_CONFIG") or (str(HOST_CONFIG) if HOST_CONFIG.is_file() else None)
     if path:
         file = Path(path)
         config = load_text(DaemonConfig, file.read_text(encoding="utf-8"), file.name)
@@ -46,8 +50,11 @@ def _open_store(layout: Layout) -> Store | None:
 
 
 def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    import faulthandler
+
     from mkd.daemon import AlreadyRunning, Daemon
 
+    faulthandler.enable()  # a watchdog SIGABRT leaves the loop's traceback in the journal
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -206,12 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run MimicKit training jobs under supervision: drop a TOML job file into jobs/incoming "
         "(or `mkd submit FILE`), and mkd validates, schedules, recovers and reports it.",
     )
-    parser.add_argument("--config", help="daemon config file (default: $MKD_CONFIG, else the embedded defaults)")
+    parser.add_argument(
+        "--config",
+        help="daemon config file (default: $MKD_CONFIG, else /etc/mkd/mkd.toml if present, else the embedded defaults)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help, description=help)
         cmd.set_defaults(func=func)
+        # also accepted after the command: `mkd run --config FILE`
+        cmd.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return cmd
 
     add("run", cmd_run, "run the daemon in the foreground (SIGTERM: exit, runs keep going; twice: at once)")

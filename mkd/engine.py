@@ -17,6 +17,7 @@ from typing import Any
 
 from mkd.fsutil import atomic_write_json, read_json
 from mkd.procs import group_members, is_same_process, signal_group, signal_process, start_ticks
+from mkd.sdnotify import without_notify_vars
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Engine:
         pid = os.posix_spawn(
             self.python,
             [self.python, "-m", "mkd.shim", str(attempt_dir)],
-            dict(os.environ),
+            without_notify_vars(os.environ),  # only the daemon talks to systemd
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (

@@ -36,6 +36,7 @@ CONFIG = Path("etc/mkd/mkd.toml")
 STATE_DIR = Path("var/lib/mkd")
 JOBS_DIR = STATE_DIR / "jobs"
 INCOMING_DIR = JOBS_DIR / "incoming"
+CONTROL_DIR = JOBS_DIR / "control"
 RUNS_DIR = STATE_DIR / "runs"
 
 # (path, mode): the daemon creates the rest of its tree itself, under its UMask.
@@ -45,6 +46,8 @@ DIRECTORIES = (
     # setgid: a dropped file takes the group mkd-submit, which intake accepts
     # ([intake] allowed_gids) and the daemon (primary group mkd-submit) can read.
     (INCOMING_DIR, 0o2770),
+    # the same for control files, so a submitter can `mkd cancel` (jobs/control/JOB.cancel)
+    (CONTROL_DIR, 0o2770),
 )
 # Device groups the runs may need (/dev/dri for the visualize stage); joined if they exist.
 GPU_GROUPS = ("video", "render")

@@ -209,8 +209,8 @@ def test_long_run_exit_resumes_from_model_with_remaining_samples(home: Home) -> 
     assert second["params"]["model_file"] == str(Path(first["dir"]) / "out" / "model.pt")
     done = first["progress"]["samples"]
     assert second["params"]["max_samples"] == 38400 - done
-    status = json.loads((home.root / "runs" / "long" / "status.json").read_text())
-    assert status["state"] == "succeeded"
+    status_json = home.root / "runs" / "long" / "status.json"
+    wait_for(lambda: json.loads(status_json.read_text())["state"] == "succeeded", 5, "status.json to catch up")
 
 
 def test_crash_loop_breaker(home: Home) -> None:
