@@ -82,11 +82,21 @@ class AttemptRunner:
     # --- helpers ----------------------------------------------------------------------------
 
     def spec(self, job: JobRecord) -> JobSpec:
+        """The job's spec, its [retry] and [watch] filled in from the daemon's defaults where it is silent."""
         found = self._specs.get(job.job_id)
         if found is None:
-            found = JobSpec.model_validate(job.spec)
+            defaults = {
+                "retry": self.config.retry.model_dump(mode="json"),
+                "watch": self.config.watch.model_dump(mode="json"),
+            }
+            found = JobSpec.model_validate(deep_merge(defaults, job.spec))
             self._specs[job.job_id] = found
         return found
+
+    def reconfigure(self, config: DaemonConfig) -> None:
+        """A reloaded config: later decisions use its defaults and limits."""
+        self.config = config
+        self._specs.clear()
 
     def job_dir(self, job_id: str) -> Path:
         return self.layout.runs_dir / job_id
@@ -924,6 +934,17 @@ def _outcome(exit: ExitRecord, live: LiveAttempt, failure: str | None) -> str:
     if exit.signal is not None:
         return Outcome.KILLED
     return Outcome.SUCCEEDED if failure is None else Outcome.FAILED
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, table by table (the job's keys win)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _command_failure(exit: ExitRecord, tail: str) -> tuple[str | None, tuple[str, ...], bool]:

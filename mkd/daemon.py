@@ -48,6 +48,7 @@ class Daemon:
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         metrics: bool | None = None,
+        reload: Callable[[], DaemonConfig] | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -57,6 +58,7 @@ class Daemon:
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.rng = rng or random.Random()
         self.metrics_enabled = config.metrics.enabled if metrics is None else metrics
+        self.load_config = reload
         self.wake = threading.Event()
         self.stop_requests = 0
         self.reload_requested = False
@@ -231,7 +233,23 @@ class Daemon:
         return not self.runner.live
 
     def _reload(self) -> None:
+        """SIGHUP: read the config again. Paths and the metrics address need a restart; the rest applies."""
         self.notifier.reloading()
-        log.info("SIGHUP: reloading is limited to the log level in this version")
-        logging.getLogger("mkd").setLevel(self.config.log_level.upper())
+        if self.load_config is None:
+            log.info("SIGHUP: no config file to reload (embedded defaults)")
+        else:
+            try:
+                fresh = self.load_config()
+            except Exception as error:  # a bad edit must not stop the daemon: keep the old config
+                log.error("SIGHUP: config not reloaded, keeping the old one: %s", error)
+            else:
+                kept = [k for k in ("paths", "metrics") if getattr(fresh, k) != getattr(self.config, k)]
+                if kept:
+                    log.warning("SIGHUP: %s changed; takes effect at the next restart", ", ".join(kept))
+                    fresh = fresh.model_copy(update={k: getattr(self.config, k) for k in kept})
+                self.config = fresh
+                self.intake.config = fresh
+                self.runner.reconfigure(fresh)
+                logging.getLogger().setLevel(fresh.log_level.upper())
+                log.info("SIGHUP: config reloaded")
         self.notifier.ready(self.status_line())

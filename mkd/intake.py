@@ -74,9 +74,15 @@ class Intake:
         self.wall = wall
         self.on_accepted = on_accepted
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
-        uids = config.intake.allowed_uids
-        self._uids = set(uids) if uids is not None else {os.getuid(), 0}
-        self._gids = set(config.intake.allowed_gids)
+
+    @property
+    def _uids(self) -> set[int]:
+        uids = self.config.intake.allowed_uids
+        return set(uids) if uids is not None else {os.getuid(), 0}
+
+    @property
+    def _gids(self) -> set[int]:
+        return set(self.config.intake.allowed_gids)
 
     # --- scanning ---------------------------------------------------------------------
 

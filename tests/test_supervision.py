@@ -223,3 +223,19 @@ def test_gpu_busy_with_another_process_is_skipped(home: Home) -> None:
     home.wait_state("g", "succeeded", timeout=20)
     assert home.attempts("g")[0]["params"]["gpu_indices"] == [1]
     home.stop()
+
+
+def test_sighup_reloads_the_config_and_job_defaults(home: Home) -> None:
+    home.start()
+    home.config.write_text(home.config.read_text() + '\n[retry]\nmax_attempts = 1\nbackoff = "0s"\n')
+    assert home.proc is not None
+    home.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: config reloaded" in home.log.read_text(), 10, "the reload")
+    home.drop("once.toml", mk_job(env='FAKE_MK_FAIL = "crash_at=1"'))
+    home.wait_state("once", "failed", timeout=20)
+    assert len(home.attempts("once")) == 1, "the reloaded default max_attempts = 1 applies to a job that is silent"
+    home.config.write_text(home.config.read_text() + "\nbogus = 1\n")
+    home.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config not reloaded, keeping the old one" in home.log.read_text(), 10, "the refusal")
+    assert home.proc.poll() is None
+    home.stop()
