@@ -147,7 +147,7 @@ class AttemptRunner:
         if not job.plan:
             self.store.update_job(job.job_id, self.wall(), plan=plan, stage_data=job.stage_data)
         if stage.kind == "visualize":
-            ok, why = display_available(dict(self.config.base_env) | _env())
+            ok, why = display_available(_env() | dict(self.config.base_env) | dict(spec.env))
             if not ok:
                 self._stage_result(job, label, {"skipped": why})
                 self._advance(job, spec, f"visualize stage {label} skipped: {why}")
