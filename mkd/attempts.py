@@ -48,7 +48,8 @@ from mkd.workload import TRAIN_KINDS, build_command, display_available, stage_ti
 log = logging.getLogger("mkd.attempts")
 CONSOLE_TAIL_BYTES = 64 * 1024
 PROGRESS_WRITE_SECONDS = 1.0
-STATUS_WRITE_SECONDS = 2.0
+STATUS_WRITE_SECONDS = 5.0
+START_SCAN_SECONDS = 1.0
 STOP_ESCALATE_EXTRA_SECONDS = 5.0
 PASSED_EARLY = "probe_passed"
 
@@ -78,6 +79,8 @@ class AttemptRunner:
         self._progress_written: dict[int, float] = {}
         self._status_written: dict[str, float] = {}
         self._gpu_report_at: dict[str, float] = {}
+        self._dirty = True
+        self._last_start_scan = -1e9
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -98,6 +101,14 @@ class AttemptRunner:
         self.config = config
         self._specs.clear()
 
+    def _spec_of(self, job_id: str) -> JobSpec:
+        found = self._specs.get(job_id)
+        if found is not None:
+            return found
+        job = self.store.get_job(job_id)
+        assert job is not None
+        return self.spec(job)
+
     def job_dir(self, job_id: str) -> Path:
         return self.layout.runs_dir / job_id
 
@@ -110,13 +121,23 @@ class AttemptRunner:
 
     def _set_state(self, job: JobRecord, state: JobState, reason: str, **fields: Any) -> None:
         self.store.set_job_state(job.job_id, state, reason, self.wall(), **fields)
+        self.poke()
         log.info("job %s: %s (%s)", job.job_id, state, reason)
         place_job_file(self.layout, job.job_id, state, text=self.store.source_text(job.job_id))
         self.write_status(job.job_id, force=True)
 
     # --- starting ---------------------------------------------------------------------------
 
+    def poke(self) -> None:
+        """Something changed (a job arrived, an attempt ended, GPUs changed): look for work at once."""
+        self._dirty = True
+
     def start_runnable(self, now: float) -> None:
+        """Start what can start. Runs when poked, and at least every second (backoffs expire)."""
+        if not self._dirty and now - self._last_start_scan < START_SCAN_SECONDS:
+            return
+        self._dirty = False
+        self._last_start_scan = now
         wall = self.wall()
         busy = {a.job_id for a in self.live.values()}
         for job in self.store.jobs(set(LIVE)):
@@ -336,8 +357,7 @@ class AttemptRunner:
             self._finish(live, exit, now)
 
     def _grace(self, live: LiveAttempt) -> float:
-        job = self.store.get_job(live.job_id)
-        return 30.0 if job is None else self.spec(job).watch.stop_grace.total_seconds()
+        return self._spec_of(live.job_id).watch.stop_grace.total_seconds()
 
     def _record_progress(self, live: LiveAttempt, now: float, force: bool = False) -> None:
         if not force and now - self._progress_written.get(live.attempt_id, -1e9) < PROGRESS_WRITE_SECONDS:
@@ -356,10 +376,7 @@ class AttemptRunner:
                 evidence = tuple(f"{k} = {v}" for k, v in row.values.items() if str(v) == "nan")
                 self.stop(live, FailureClass.NAN_DIVERGENCE.value, (f"iteration {row.iteration}", *evidence), now)
                 return
-        job = self.store.get_job(live.job_id)
-        if job is None:
-            return
-        watch = self.spec(job).watch
+        watch = self._spec_of(live.job_id).watch
         age = now - live.started_mono
         if live.timeout_seconds is not None and age > live.timeout_seconds:
             self.stop(
@@ -545,6 +562,7 @@ class AttemptRunner:
         plan = {**job.plan, **decision.changes}
         if decision.resume:
             plan = self._resume_plan(plan, attempt, data)
+        self.store.bump("retries_total")
         fallbacks = list(data.get("fallbacks", []))
         if decision.changes:
             fallbacks.append({"stage": label, "attempt": attempt.number, "step": decision.reason})
@@ -869,7 +887,7 @@ class AttemptRunner:
             jobs_by_state=by_state,
             attempts_total=counters.get("attempts_total", 0),
             failures_by_class=self.store.failures_by_class(),
-            retries_total=max(0, counters.get("attempts_total", 0) - sum(by_state.values())),
+            retries_total=counters.get("retries_total", 0),
             queue_length=by_state.get("queued", 0) + by_state.get("retry_wait", 0),
             rejected_files_total=counters.get("rejected_files_total", 0),
             intake_errors_total=counters.get("intake_errors_total", 0),

@@ -30,6 +30,7 @@ from mkd.store import Store, StoreError
 from mkd.watch import IncomingWatcher
 
 log = logging.getLogger("mkd.daemon")
+PUBLISH_SECONDS = 1.0
 
 
 class AlreadyRunning(RuntimeError):
@@ -69,6 +70,7 @@ class Daemon:
         self._metrics: Any = None
         self._view: DaemonView = DaemonView(started_at=self.started_at)
         self._next_gpu_sample = 0.0
+        self._published_at = -1e9
         self.store: Store
         self.intake: Intake
         self.runner: AttemptRunner
@@ -158,8 +160,8 @@ class Daemon:
         if self.stop_requests:
             return
         result = self.intake.scan(now)
-        if result.accepted or result.rejected:
-            self.wake.set()
+        if result.accepted:
+            self.runner.poke()
 
     def _observe(self, now: float) -> None:
         self.runner.observe(now)
@@ -175,12 +177,17 @@ class Daemon:
         self._next_gpu_sample = now + self.config.gpu.sample_every.total_seconds()
         reading: GpuReading = self.sampler.sample()
         self.runner.on_gpu_reading(reading, now)
+        self.runner.poke()  # memory may have been freed: queued jobs may fit now
 
     def _publish(self, now: float) -> None:
-        self._view = self.runner.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
-        self.notifier.status(self.status_line())
+        """The view for metrics, status and STATUS=, rebuilt at most once a second; the watchdog every tick."""
         if self.notifier.watchdog_due(now):
             self.notifier.ping(now)
+        if now - self._published_at < PUBLISH_SECONDS:
+            return
+        self._published_at = now
+        self._view = self.runner.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
+        self.notifier.status(self.status_line())
         if self.config.metrics.hpc_job_mapping_dir:
             from mkd.metrics import write_hpc_job_mapping
 
