@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkd.agent_check import check_agent_overrides
 from mkd.config import DaemonConfig, Layout
 from mkd.fsutil import atomic_write, free_name
 from mkd.jobfile import JobFileError, Problem, load_job_bytes
@@ -223,6 +224,7 @@ class Intake:
 
     def _validate(self, raw: bytes, name: str) -> JobSpec:
         spec = load_job_bytes(raw, name)
+        check_agent_overrides(spec, raw.decode("utf-8"), name, self.layout.mimickit_dir)
         roots = [Path(r).resolve() for r in self.config.intake.allowed_roots]
         if roots:
             workload = spec.workload

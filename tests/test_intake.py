@@ -150,3 +150,24 @@ def test_recover_claim_not_recorded(intake: Intake) -> None:
     (intake.layout.claimed / "abc-1-0__y.toml").write_text(JOB)
     assert intake.recover_claims().accepted == ["y"]
     assert jobs(intake) == ["y"]
+
+
+def test_unknown_agent_override_is_rejected_with_line_and_known_keys(tmp_path: Path) -> None:
+    from tests.harness import FAKE_MIMICKIT
+
+    config = DaemonConfig(mimickit_dir=str(FAKE_MIMICKIT), intake=IntakeConfig(settle="0s"))  # type: ignore[arg-type]
+    layout = Layout(config, tmp_path)
+    layout.create()
+    intake = Intake(config, layout, Store.open(layout.db))
+    head = (
+        '[workload]\nkind = "mimickit"\nagent_config = "data/agents/deepmimic_humanoid_ppo_agent.yaml"\n'
+        "[workload.agent_overrides]\n"
+    )
+    (layout.incoming / "ok.toml").write_text(head + 'update_epochs = 40\n"model.actor_net" = "fc_3layers_1024units"\n')
+    (layout.incoming / "bad.toml").write_text(head + "update_epoch = 40\nactor_epochs = 5\n")
+    intake.scan(0.0)
+    intake.scan(1.0)
+    assert jobs(intake) == ["ok"]
+    error = (layout.rejected / "bad.toml.error").read_text()
+    assert "bad.toml:5:1: workload.agent_overrides.update_epoch:" in error and "update_epochs" in error
+    assert "bad.toml:6:1: workload.agent_overrides.actor_epochs:" in error

@@ -104,3 +104,15 @@ def _atomic_write(dest: Path, text: str) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def check_overrides(base_yaml: Path, overrides: Mapping[str, object]) -> dict[str, str]:
+    """The problem of each override key the base YAML lacks (empty when all exist); writes nothing."""
+    config = _load(base_yaml)
+    problems: dict[str, str] = {}
+    for key, value in overrides.items():
+        try:
+            _set(config, key, value)
+        except OverrideError as error:
+            problems[key] = str(error)
+    return problems
