@@ -49,13 +49,7 @@ def check_agent_overrides(spec: JobSpec, text: str, filename: str, default_mimic
         try:
             found = check_overrides(base, overrides)
         except OverrideError as error:
-            line = index.locate(("workload", "agent_config"))
-            raise JobFileError(
-                filename, [Problem(*(line or (None, None)), "workload.agent_config", str(error))]
-            ) from None
-        for key, message in found.items():
-            line = index.locate((*loc, key))
-            path = ".".join(str(p) for p in (*loc, key))
-            problems.append(Problem(*(line or (None, None)), path, message))
+            raise JobFileError(filename, [_problem(index, ("workload", "agent_config"), str(error))]) from None
+        problems.extend(_problem(index, (*loc, key), message) for key, message in found.items())
     if problems:
         raise JobFileError(filename, problems)
