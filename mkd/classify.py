@@ -94,6 +94,9 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig(_F.PORT_IN_USE, r"EADDRINUSE|address already in use", "seen: §6.2 master_port already in use", live=True),
     # -- the GL viewer: headless machine (seen, §1 `visualize`), WSL/Mesa shaders (runbook Stage 3).
     _sig(_F.VISUALIZE_GL, r"NoSuchDisplayException", "seen: §6 no --visualize false", permanent=True),
+    # seen on the H100 machine (no libGL there): pyglet's ImportError, re-raised by Newton's viewer
+    _sig(_F.VISUALIZE_GL, r'Library "GL" not found', "seen: H100, tests/fixtures/gpu_h100", permanent=True),
+    _sig(_F.VISUALIZE_GL, r"OpenGLRenderer requires pyglet", "seen: H100, tests/fixtures/gpu_h100", permanent=True),
     _sig(_F.VISUALIZE_GL, r"GLSL 1\.50 is not supported", "runbook Stage 3 (not run here)"),
     _sig(_F.VISUALIZE_GL, r"(?i:shader ?(?:compil\w*|link\w*) (?:fail|error))|ShaderException", "synthesized"),
     # -- NaN divergence: a loss or return printed as nan in a console table (§6 NaN row).

@@ -95,7 +95,7 @@ class Daemon:
         self._watcher.start()
         if self.metrics_enabled:
             self._start_metrics()
-        self._publish(self.clock())
+        self._view = self.runner.view(self.clock(), self.started_at, 0.0)  # no notify before READY
         self.notifier.ready(self.status_line())
         log.info("mkd ready: jobs in %s, runs in %s", self.layout.jobs_dir, self.layout.runs_dir)
 

@@ -137,10 +137,6 @@ def test_ready_only_after_start_up(home: Home, listener: Listener) -> None:
     assert home.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Daemon.open() calls _publish() before notifier.ready(): WATCHDOG=1 and STATUS= are sent before READY=1",
-)
 def test_ready_is_the_first_message(home: Home, listener: Listener) -> None:
     start(home, listener)
     messages = listener.snapshot()
