@@ -52,6 +52,9 @@ STATUS_WRITE_SECONDS = 5.0
 START_SCAN_SECONDS = 1.0
 STOP_ESCALATE_EXTRA_SECONDS = 5.0
 PASSED_EARLY = "probe_passed"
+LIVE_SIGNATURE_CLASSES = frozenset(
+    {FailureClass.STARTUP_MULTI_DEVICE.value, FailureClass.NCCL_ABORT_HANG.value, FailureClass.PORT_IN_USE.value}
+)
 
 
 class AttemptRunner:
@@ -461,6 +464,17 @@ class AttemptRunner:
             return FailureClass.CONFIG_ERROR.value, (exit.spawn_error,), True
         if live.stop_reason == PASSED_EARLY:
             return None, (), False
+        if live.stop_reason in LIVE_SIGNATURE_CLASSES:
+            # killed on a live signature: the whole log, read now, may say more precisely why
+            again = classify(
+                _tail(live.console),
+                ExitInfo(1, None),
+                multi_device=int(attempt.params.get("processes", 1)) > 1,
+                stage_kind="probe" if stage.kind == "sweep" else stage.kind,
+                had_progress=live.last is not None,
+            )
+            if again is not None and again.failure not in (FailureClass.UNKNOWN, FailureClass.LONG_RUN_EXITED):
+                return again.failure.value, again.evidence, again.permanent
         if live.stop_reason is not None:
             return live.stop_reason, live.stop_evidence, live.stop_reason == FailureClass.NAN_DIVERGENCE.value
         tail = _tail(live.console)
@@ -876,8 +890,10 @@ class AttemptRunner:
         jobs: list[JobView] = []
         retention = self.config.metrics.retention.total_seconds()
         wall = self.wall()
-        for job in self.store.jobs(set(LIVE)) + self._recently_finished(wall - retention):
-            jobs.append(self._job_view(job, now))
+        shown = self.store.jobs(set(LIVE)) + self._recently_finished(wall - retention)
+        summaries = self.store.attempt_summaries([j.job_id for j in shown])
+        for job in shown:
+            jobs.append(self._job_view(job, now, summaries.get(job.job_id, {})))
         counters = self.store.counters()
         by_state = self.store.count_by_state()
         owners = {pid: live.job_id for live in self.live.values() for pid in self._pids(live)}
@@ -904,23 +920,25 @@ class AttemptRunner:
     def _recently_finished(self, since: float) -> list[JobRecord]:
         return [j for j in self.store.jobs(limit=200) if j.state.finished and (j.finished_at or 0) >= since]
 
-    def _job_view(self, job: JobRecord, now: float) -> JobView:
+    def _job_view(self, job: JobRecord, now: float, summary: dict[str, Any]) -> JobView:
         spec = self.spec(job)
         stages = spec.effective_stages
         stage = stages[min(job.stage_index, len(stages) - 1)]
         live = self._live_for(job.job_id)
-        attempts = self.store.attempts(job.job_id) if live is None else []
-        progress = live.progress() if live else (attempts[-1].progress if attempts else {})
+        finished = job.state.finished
+        progress = live.progress() if live else summary.get("progress", {})
+        if finished:  # a finished job has no current rate: keep its totals, not its last speed
+            progress = {k: v for k, v in progress.items() if "per_second" not in k}
         offset = int(job.stage_data.get("samples_offset", 0))
         samples = progress.get("samples")
-        failures = [a.failure_class for a in attempts if a.failure_class]
+        gpus = live.gpu_indices if live else tuple(summary.get("params", {}).get("gpu_indices", []))
         return JobView(
             job_id=job.job_id,
             state=job.state.value,
             stage=stage.label(job.stage_index),
-            attempt=len(self.store.attempts(job.job_id)) if live else len(attempts),
+            attempt=int(summary.get("attempts", 0)),
             num_envs=job.plan.get("num_envs"),
-            devices=tuple(f"cuda:{i}" for i in (live.gpu_indices if live else ())),
+            devices=tuple(f"cuda:{i}" for i in gpus),
             gpu_uuids=live.gpu_uuids if live else (),
             iteration=_opt_int(progress.get("iteration")),
             samples=None if samples is None else int(samples) + offset,
@@ -936,9 +954,9 @@ class AttemptRunner:
             else now - live.last_progress_mono,
             best_test_return=_opt_float(progress.get("best_test_return")),
             median_samples_per_second=_opt_float(progress.get("median_samples_per_second")),
-            retries=max(0, len(attempts) - 1),
+            retries=int(summary.get("retries", 0)),
             finished_at=job.finished_at,
-            last_failure=failures[-1] if failures else None,
+            last_failure=summary.get("last_failure"),
         )
 
 

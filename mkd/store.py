@@ -421,6 +421,34 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         return [_attempt(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
 
+    def attempt_summaries(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Per job: attempts, retries (failed attempts another one followed), last failure, last progress.
+
+        One grouped query over the given jobs, for the view the daemon publishes once a second.
+        """
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        sql = (
+            "SELECT a.job_id, COUNT(*), SUM(a.failure_class IS NOT NULL AND a.id < m.last_id),"
+            " (SELECT failure_class FROM attempts f WHERE f.job_id = a.job_id AND f.failure_class IS NOT NULL"
+            "  ORDER BY f.id DESC LIMIT 1),"
+            " (SELECT progress FROM attempts p WHERE p.id = m.last_id),"
+            " (SELECT params FROM attempts p WHERE p.id = m.last_id)"
+            f" FROM attempts a JOIN (SELECT job_id, MAX(id) AS last_id FROM attempts WHERE job_id IN ({marks})"
+            " GROUP BY job_id) m ON m.job_id = a.job_id GROUP BY a.job_id"
+        )
+        return {
+            str(r[0]): {
+                "attempts": int(r[1]),
+                "retries": int(r[2] or 0),
+                "last_failure": r[3],
+                "progress": json.loads(r[4]),
+                "params": json.loads(r[5]),
+            }
+            for r in self._conn.execute(sql, job_ids)
+        }
+
     def update_attempt(self, attempt_id: int, **fields: Any) -> None:
         with self.transaction() as tx:
             self._update(tx, "attempts", "id", attempt_id, fields)

@@ -174,7 +174,8 @@ def test_stall_is_caught_within_stall_timeout_plus_5_s(home: Home) -> None:
 
 def test_nan_divergence_is_stopped_within_an_iteration_and_not_retried(home: Home) -> None:
     home.start()
-    home.drop("nan.toml", job(devices='["cpu"]', env='FAKE_MK_FAIL = "nan_at=2"', stages=(
+    env = 'FAKE_MK_FAIL = "nan_at=2"\nFAKE_MK_ITER_SECONDS = "0.5"'
+    home.drop("nan.toml", job(devices='["cpu"]', env=env, stages=(
         '[[stages]]\nkind = "train"\nmax_samples = 1000000\n')))  # fmt: skip
     home.wait_state("nan", "failed", timeout=30)
     (first,) = attempts(home, "nan")
