@@ -1,0 +1,97 @@
+"""Parser and classifier on outputs of real MimicKit runs made under mkd on two H100s
+(tests/fixtures/gpu_h100; the job files are in tests/gpu/jobs, the scripts in tests/gpu)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from mkd.classify import ExitInfo, FailureClass, classify, scan_live, split_lines
+from mkd.explain import explain_file
+from mkd.mimickit.console import ConsoleParser
+from mkd.mimickit.logtxt import parse_log_txt
+from mkd.mimickit.results import parse_test_result
+from tests.gpu.rates import steady_rates
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gpu_h100"
+
+
+def text(name: str) -> str:
+    return (FIXTURES / name).read_text(encoding="utf-8", errors="replace")
+
+
+def rows(name: str) -> list:  # type: ignore[type-arg]
+    parser = ConsoleParser()
+    return parser.feed(text(name)) + parser.close()
+
+
+def test_throughput_runs_by_hand_and_under_mkd_parse_alike() -> None:
+    by_hand, under_mkd = rows("throughput_byhand_gpu0.console.log"), rows("throughput_mkd_gpu1.console.log")
+    assert [r.iteration for r in by_hand] == [r.iteration for r in under_mkd] == list(range(10))
+    assert by_hand[-1].samples == under_mkd[-1].samples == 1310720
+    for name in ("throughput_byhand_gpu0.console.log", "throughput_mkd_gpu1.console.log"):
+        rates = steady_rates(text(name))
+        assert len(rates) == 7 and all(40_000 < r < 90_000 for r in rates)
+
+
+def test_real_test_stage_result() -> None:
+    result = parse_test_result(text("fast_path_02-test.console.log"))
+    assert result is not None
+    assert result.mean_return == 6.388124465942383 and result.episodes == 10
+    assert result.mean_episode_length == 17.600000381469727
+
+
+def test_missing_libgl_on_the_gpu_host_is_a_permanent_visualize_failure() -> None:
+    found = classify(text("fast_path_03-visualize.console.log"), ExitInfo(1, None), stage_kind="visualize")
+    assert found is not None and found.failure is FailureClass.VISUALIZE_GL and found.permanent
+    assert any('Library "GL" not found' in line for line in found.evidence)
+    assert "visualize_gl" in explain_file(FIXTURES / "fast_path_03-visualize.console.log")
+
+
+def test_rank1_graph_oom_is_killed_live_then_classified_cuda_oom() -> None:
+    log = text("dual_probe_01-probe.console.log")
+    live = scan_live(split_lines(log))
+    assert live is not None and live.failure is FailureClass.STARTUP_MULTI_DEVICE
+    assert "Process Process-1:" in live.evidence
+    final = classify(log, ExitInfo(1, None), multi_device=True, stage_kind="probe", had_progress=True)
+    assert final is not None and final.failure is FailureClass.CUDA_OOM
+    assert "Graph launch error" in final.evidence[-1]
+
+
+def test_healthy_real_runs_raise_no_live_signature() -> None:
+    for name in (
+        "throughput_mkd_gpu1.console.log",
+        "warmup_longrun_01-warmup.console.log",
+        "warmup_longrun_02-longrun.console.log",
+        "dual_probe_02-probe.console.log",
+        "dual_probe_03-longrun.console.log",
+    ):
+        assert scan_live(split_lines(text(name))) is None, name
+        assert classify(text(name), ExitInfo(0, None)) is None, name
+
+
+def test_long_run_log_txt() -> None:
+    table = parse_log_txt(text("warmup_longrun_02-longrun.log.txt"))
+    assert [(r["Iteration"], r["Samples"]) for r in table] == [(0, 65536), (9, 655360)]
+
+
+def test_metrics_scraped_during_the_dual_gpu_run() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(text("dual_metrics_scrape.txt"))}
+    held = {s.labels["gpu"]: s.labels["job_id"] for s in families["mkd_gpu_job"].samples}
+    assert held == {"0": "gpu-dual-probe", "1": "gpu-dual-probe"}
+    memory = {(s.labels["gpu"], s.labels["job_id"]): s.value for s in families["mkd_gpu_process_memory_bytes"].samples}
+    assert memory[("1", "")] > 70e9, "the other process holding GPU 1 is reported, owned by no job"
+    assert memory[("0", "gpu-dual-probe")] > 1e9 and memory[("1", "gpu-dual-probe")] > 1e9
+    assert all(0 <= s.value <= 1 for s in families["mkd_gpu_utilization_ratio"].samples)
+
+
+def test_nvml_collector_matched_nvidia_smi() -> None:
+    lines = text("dual_nvml_vs_nvidia-smi.tsv").splitlines()
+    header = lines[0].split("\t")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("\t"), strict=True))
+        assert abs(int(row["mem_used_mib_mkd"]) - int(row["mem_used_mib_smi"])) <= 1
+        assert row["mem_total_mib_mkd"] == row["mem_total_mib_smi"]
+        assert abs(float(row["util_mkd"]) - float(row["util_smi"])) <= 5
+        assert abs(float(row["power_w_mkd"]) - float(row["power_w_smi"])) <= 10
