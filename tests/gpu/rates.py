@@ -9,6 +9,7 @@ Used on the GPU machine to compare a run started by hand with the same run under
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -21,7 +22,7 @@ def steady_rates(text: str) -> list[float]:
     parser = ConsoleParser()
     rows = parser.feed(text) + parser.close()
     rates = []
-    for prev, row in zip(rows[1:-2], rows[2:-1], strict=False):
+    for prev, row in itertools.pairwise(rows[1:-1]):
         if None in (prev.samples, row.samples, prev.wall_time_h, row.wall_time_h):
             continue
         seconds = (row.wall_time_h - prev.wall_time_h) * 3600.0  # type: ignore[operator]
