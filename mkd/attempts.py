@@ -447,7 +447,7 @@ class AttemptRunner:
         )
         if exit.lingering_workers:
             self._event(job.job_id, "workers", f"{exit.lingering_workers} worker(s) outlived the root; killed")
-        if failure:
+        if failure and failure != "cancelled":
             self._event(job.job_id, "failure", f"attempt {attempt.number}: {failure}", {"evidence": list(evidence)})
         had_progress = live.last is not None or live.parser.test_result is not None
         attempt = replace(attempt, progress=progress)

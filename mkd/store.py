@@ -483,7 +483,8 @@ class Store:
 
     def failures_by_class(self) -> dict[str, int]:
         rows = self._conn.execute(
-            "SELECT failure_class, COUNT(*) FROM attempts WHERE failure_class IS NOT NULL GROUP BY failure_class"
+            "SELECT failure_class, COUNT(*) FROM attempts"
+            " WHERE failure_class IS NOT NULL AND failure_class != 'cancelled' GROUP BY failure_class"
         )
         return {str(r[0]): int(r[1]) for r in rows}
 
