@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/ruff check mkd tests
-.venv/bin/ruff format --check mkd tests
+.venv/bin/ruff check mkd tests deploy
+.venv/bin/ruff format --check mkd tests deploy
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"
