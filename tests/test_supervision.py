@@ -246,16 +246,18 @@ def test_scheduling_across_eight_gpus(home: Home) -> None:
     and what does not fit waits (the scheduling an 8-GPU host needs; issue: scale check)."""
     home.start(env=nvml_env(build_fake_nvml(), {"FAKE_NVML_GPUS": 8}))
     long = 8 * 32 * 80
-    for i in range(5):
-        home.drop(f"one{i}.toml", mk_job(devices='["cuda:0"]', max_samples=long, env='FAKE_MK_ITER_SECONDS = "0.05"'))
     home.drop("four.toml", mk_job(devices='["cuda:0", "cuda:1", "cuda:2", "cuda:3"]', max_samples=long))
+    home.wait_state("four", "running")
+    for i in range(5):
+        home.drop(f"one{i}.toml", mk_job(devices='["cuda:0"]', max_samples=long))
+        home.wait_state(f"one{i}", "queued", "running")
     names = [f"one{i}" for i in range(5)] + ["four"]
     wait_for(lambda: sum(home.state(n) == "running" for n in names) == 5, 20, "five jobs placed")
     placed = {n: home.attempts(n)[0]["params"]["gpu_indices"] for n in names if home.state(n) == "running"}
     used = [i for gpus in placed.values() for i in gpus]
     assert len(used) == len(set(used)), f"a GPU given twice: {placed}"
     waiting = [n for n in names if n not in placed]
-    assert waiting == ["four"] and len(used) == 5, "FIFO: the 4-GPU job waits while only 3 GPUs are free"
+    assert waiting == ["one4"] and len(used) == 8, "FIFO: the fifth single-GPU job waits for a free GPU"
     wait_for(lambda: "waiting for" in home.timeline(waiting[0]), 5, "the reason it waits")
     for name in names:
         home.wait_state(name, "succeeded", timeout=60)
