@@ -9,6 +9,7 @@ turns those into store changes. Decisions come from `mkd.policy` (retries) and
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import time
@@ -28,7 +29,7 @@ from mkd.live import LiveAttempt
 from mkd.mimickit.results import check_train_artifacts
 from mkd.mirror import place_job_file
 from mkd.policy import Decision, Observation, decide
-from mkd.procs import group_members
+from mkd.procs import find_by_argv_tail, group_members, start_ticks
 from mkd.scheduler import Placement, Request, foreign_bytes, place
 from mkd.snapshot import DaemonView, JobView
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
@@ -126,8 +127,25 @@ class AttemptRunner:
         self.store.set_job_state(job.job_id, state, reason, self.wall(), **fields)
         self.poke()
         log.info("job %s: %s (%s)", job.job_id, state, reason)
-        place_job_file(self.layout, job.job_id, state, text=self.store.source_text(job.job_id))
-        self.write_status(job.job_id, force=True)
+
+    def publish_pending(self) -> None:
+        """Write the files people read (jobs/ mirror, status.json, report.md) for jobs whose state changed.
+
+        The store marks a job unpublished in the same transaction as its state change, so a
+        daemon killed before writing the files writes them at its next start.
+        """
+        for job_id in self.store.unpublished():
+            job = self.store.get_job(job_id)
+            if job is None:
+                continue
+            try:
+                place_job_file(self.layout, job_id, job.state, text=self.store.source_text(job_id))
+                self.write_status(job_id)
+            except OSError as error:  # a mirror is not the truth: log, count, try again next tick
+                log.error("job %s: cannot write its files: %s", job_id, error)
+                self.store.bump("intake_errors_total")
+                return
+            self.store.mark_published(job_id)
 
     # --- starting ---------------------------------------------------------------------------
 
@@ -342,7 +360,10 @@ class AttemptRunner:
                 self.store.bump("internal_errors_total")
         for job_id in list(self._status_written):
             if now - self._status_written[job_id] >= STATUS_WRITE_SECONDS and self._live_for(job_id):
-                self.write_status(job_id)
+                try:
+                    self.write_status(job_id)
+                except OSError as error:
+                    log.error("job %s: cannot write status.json: %s", job_id, error)
 
     def _observe_one(self, live: LiveAttempt, now: float) -> None:
         lines, rows = live.read_new()
@@ -357,7 +378,9 @@ class AttemptRunner:
                 self.engine.stop(live.handle, live.dir, now_kill=True)
         exit = self.engine.poll(live.dir, live.handle)
         if exit is not None:
-            self._finish(live, exit, now)
+            with self.store.batch():  # the attempt's end and its decision land together, or neither
+                self._finish(live, exit, now)
+            del self.live[live.attempt_id]
 
     def _grace(self, live: LiveAttempt) -> float:
         return self._spec_of(live.job_id).watch.stop_grace.total_seconds()
@@ -425,7 +448,6 @@ class AttemptRunner:
 
     def _finish(self, live: LiveAttempt, exit: ExitRecord, now: float) -> None:
         live.read_new()
-        del self.live[live.attempt_id]
         job = self.store.get_job(live.job_id)
         attempt = self.store.get_attempt(live.attempt_id)
         assert job is not None and attempt is not None
@@ -459,7 +481,10 @@ class AttemptRunner:
         """(failure class or None, evidence, permanent) for an ended attempt."""
         if exit.lost:
             killed = self.engine.kill_orphaned_group(live.dir)
-            return "lost", (f"the attempt's shim died without an exit record; {killed} process(es) killed",), False
+            evidence = [f"the attempt's shim died without an exit record; {killed} process(es) killed"]
+            if _disk_full(live.dir):
+                evidence.append(f"the disk of {live.dir} is full (No space left on device)")
+            return "lost", tuple(evidence), False
         if exit.spawn_error:
             return FailureClass.CONFIG_ERROR.value, (exit.spawn_error,), True
         if live.stop_reason == PASSED_EARLY:
@@ -824,14 +849,17 @@ class AttemptRunner:
             self._event(attempt.job_id, "restore", message)
 
     def _handle_for(self, attempt: AttemptRecord) -> ShimHandle | None:
+        """The attempt's shim: recorded in the store, or (killed before recording it) found by its argv."""
         if attempt.shim_pid:
             return ShimHandle(attempt.shim_pid, attempt.shim_start)
-        shim = Path(attempt.dir) / "shim.json"
+        tail = ["-m", "mkd.shim", attempt.dir]
         if (Path(attempt.dir) / "launch.json").exists():
             deadline = time.monotonic() + 2.0
-            while not shim.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        data = read_json(shim)
+            while not find_by_argv_tail(tail) and time.monotonic() < deadline:
+                time.sleep(0.05)  # posix_spawn may not have reached exec yet
+        for pid in find_by_argv_tail(tail):
+            return ShimHandle(pid, start_ticks(pid))
+        data = read_json(Path(attempt.dir) / "shim.json")
         if isinstance(data, dict):
             return ShimHandle(int(data["pid"]), data.get("start_ticks"))
         return None
@@ -868,7 +896,7 @@ class AttemptRunner:
     def holders_by_index(self) -> dict[int, str]:
         return {i: live.job_id for live in self.live.values() for i in live.gpu_indices}
 
-    def write_status(self, job_id: str, force: bool = False) -> None:
+    def write_status(self, job_id: str) -> None:
         """runs/<job>/status.json and report.md, the people's view of one job."""
         job = self.store.get_job(job_id)
         if job is None:
@@ -983,6 +1011,13 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _disk_full(path: Path) -> bool:
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
 def _command_failure(exit: ExitRecord, tail: str) -> tuple[str | None, tuple[str, ...], bool]:
     """A plain command has no log signatures: its exit status decides."""
     if exit.returncode == 0:
@@ -1005,8 +1040,6 @@ def _tail(path: Path) -> str:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -274,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         return func(args, config, layout)
     except StoreError as error:
         print(f"mkd: {error}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as error:
+        print(
+            f"mkd: cannot open the store {layout.db}: {error}. If the file is damaged, move it away "
+            "(mkd starts a new one) or restore a backup.",
+            file=sys.stderr,
+        )
         return 1
     except BrokenPipeError:
         return 0

@@ -140,7 +140,7 @@ class Daemon:
     def tick(self, now: float | None = None) -> None:
         started = self.clock()
         now = started if now is None else now
-        for step in (self._control, self._intake, self._observe, self._start, self._gpus, self._publish):
+        for step in (self._control, self._intake, self._observe, self._start, self._files, self._gpus, self._publish):
             step(now)
         self._tick_seconds = self.clock() - started
 
@@ -170,6 +170,9 @@ class Daemon:
         if self.stop_requests:
             return
         self.runner.start_runnable(now)
+
+    def _files(self, now: float) -> None:
+        self.runner.publish_pending()
 
     def _gpus(self, now: float) -> None:
         if now < self._next_gpu_sample:

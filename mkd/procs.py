@@ -100,3 +100,20 @@ def signal_process(pid: int, sig: int = signal.SIGTERM) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def find_by_argv_tail(tail: list[str]) -> list[int]:
+    """Pids whose command line ends with `tail` (e.g. a shim started for one attempt folder)."""
+    want = [part.encode() for part in tail]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if argv[-len(want) :] == want:
+            found.append(int(entry))
+    return found

@@ -31,7 +31,10 @@ FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 LIVE = frozenset(JobState) - FINISHED
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    # retry_wait and succeeded from queued: an attempt started just before a crash, found ended on restore
+    JobState.QUEUED: frozenset(
+        {JobState.RUNNING, JobState.RETRY_WAIT, JobState.CANCELLED, JobState.FAILED, JobState.SUCCEEDED}
+    ),
     JobState.RUNNING: frozenset(
         {JobState.RUNNING, JobState.RETRY_WAIT, JobState.QUEUED, *FINISHED},
     ),

@@ -197,6 +197,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._batch_depth = 0
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> Store:
@@ -216,18 +217,45 @@ class Store:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.executescript(SCHEMA)
+                _migrate(conn)
+                conn.execute("BEGIN IMMEDIATE")  # a write lock held elsewhere shows now, not at the first job
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise StoreError(
+                    f"cannot open the store {path}: another process holds its lock ({error}); "
+                    "find it with `fuser` and stop it. The store itself is fine: keep it where it is."
+                ) from None
+            raise _damaged(path, error) from None
         except sqlite3.Error as error:
-            raise StoreError(
-                f"cannot open the store {path}: {error}. If the file is damaged, move it away "
-                "(mkd starts a new one) or restore a backup; mkd never resets it by itself."
-            ) from None
+            raise _damaged(path, error) from None
         return cls(conn, path)
 
     def close(self) -> None:
         self._conn.close()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make every write inside one transaction: all of them land, or none (a kill in between)."""
+        if self._batch_depth:
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
+            return
+        with self.transaction():
+            self._batch_depth = 1
+            try:
+                yield
+            finally:
+                self._batch_depth = 0
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._batch_depth:  # already inside a batch: its transaction covers this write
+            yield self._conn
+            return
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -364,12 +392,20 @@ class Store:
             row = tx.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             old = JobState(row[0])
             check_transition(old, new)
-            values: dict[str, Any] = {"state": new.value, "reason": reason, "updated_at": now, **fields}
+            values: dict[str, Any] = {"state": new.value, "reason": reason, "updated_at": now, "published": 0, **fields}
             if new.finished:
                 values["finished_at"] = now
             self._update(tx, "jobs", "job_id", job_id, values)
             if old != new:
                 self._event(tx, job_id, now, "state", f"{old} -> {new}: {reason}", {"from": old, "to": new})
+
+    def unpublished(self) -> list[str]:
+        """Jobs whose state changed since their files (mirror, status.json, report.md) were written."""
+        return [str(r[0]) for r in self._conn.execute("SELECT job_id FROM jobs WHERE published = 0")]
+
+    def mark_published(self, job_id: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE jobs SET published = 1 WHERE job_id = ?", (job_id,))
 
     def update_job(self, job_id: str, now: float, **fields: Any) -> None:
         with self.transaction() as tx:
@@ -511,6 +547,21 @@ class Store:
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
             (name, by, by),
         )
+
+
+def _damaged(path: Path, error: sqlite3.Error) -> StoreError:
+    return StoreError(
+        f"cannot open the store {path}: {error}. If the file is damaged, move it away "
+        "(mkd starts a new one) or restore a backup; mkd never resets it by itself."
+    )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added after the first release of the schema."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+    if "published" not in columns:
+        conn.execute("ALTER TABLE jobs ADD COLUMN published INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs(job_id) WHERE published = 0")
 
 
 def wall_now() -> float:

@@ -746,20 +746,6 @@ def outcomes(home: Home, name: str) -> list[tuple[str, str]]:
     return [(a["stage_label"], a["outcome"]) for a in home.attempts(name)]
 
 
-B1 = (
-    "status.json, report.md and the jobs/ mirror are written after the store commits the job's state "
-    "(AttemptRunner._set_state: store.set_job_state, then place_job_file, then write_status) and nothing "
-    "rewrites them for a finished job at the next start (restore only looks at live attempts): a kill in "
-    "between leaves runs/JOB/status.json at 'running' and jobs/running/JOB.toml forever"
-)
-B2 = (
-    "an attempt's end and the decision it leads to are separate transactions (AttemptRunner._finish: "
-    "update_attempt(state=ended), then _after -> _passed/_apply -> update_job, set_job_state); a kill in "
-    "between leaves the job 'running' with no live attempt, and the next daemon starts the same stage again "
-    "(start_runnable): a passed stage runs twice"
-)
-
-
 @pytest.mark.fault
 @pytest.mark.parametrize(
     ("point", "expected"),
@@ -776,14 +762,12 @@ B2 = (
         pytest.param(
             "Store.update_attempt|after|2|AttemptState.ENDED",
             RETRY_THEN_TEST,
-            marks=pytest.mark.xfail(strict=True, reason=B2),
-            id="Store.update_attempt|after|2|AttemptState.ENDED (bug: passed stage runs again)",
+            id="Store.update_attempt|after|2|AttemptState.ENDED",
         ),
         pytest.param(
             "Store.set_job_state|after|1|JobState.SUCCEEDED",
             RETRY_THEN_TEST,
-            marks=pytest.mark.xfail(strict=True, reason=B1),
-            id="Store.set_job_state|after|1|JobState.SUCCEEDED (bug: status.json stays running)",
+            id="Store.set_job_state|after|1|JobState.SUCCEEDED",
         ),
     ],
 )
@@ -805,11 +789,6 @@ def test_kill_points(home: Home, forkserver: ForkServer, tally: Tally, point: st
 
 
 @pytest.mark.fault
-@pytest.mark.xfail(
-    strict=True,
-    reason=B2 + "; on a failure the retry decision is lost instead: the one change (num_envs step-down) is "
-    "dropped, the backoff skipped and the attempt not counted, so max_attempts is exceeded",
-)
 def test_a_retry_decision_survives_a_kill(home: Home, forkserver: ForkServer, tally: Tally) -> None:
     text = mk(
         "oom",
@@ -826,12 +805,6 @@ def test_a_retry_decision_survives_a_kill(home: Home, forkserver: ForkServer, ta
 
 
 @pytest.mark.fault
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore (AttemptRunner._handle_for) waits only 2 s for shim.json when the shim's pid was not "
-    "recorded, then treats the attempt as lost without looking for the shim process (its command line names "
-    "the attempt folder); the retry starts a second run while the late shim starts the first one, unwatched",
-)
 def test_a_shim_slow_to_start_is_not_run_twice(home: Home, forkserver: ForkServer, tally: Tally) -> None:
     """The daemon dies right after spawning a shim, before recording its pid, and the shim needs
     more than 2 s to start (a loaded host): simulated by SIGSTOP until the next daemon is up."""
@@ -940,13 +913,6 @@ def fill(folder: Path) -> None:
 
 
 @pytest.mark.fault
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs/ full: the shim dies writing exit.json (the attempt is 'lost', the disk not named), the retry "
-    "cannot write command.json, start_runnable marks the job failed and its handler's own write_status "
-    "raises OSError ENOSPC again, which escapes tick(): the daemon exits 1 with a traceback (only StoreError "
-    "is handled), and again after every restart while the disk is full",
-)
 def test_runs_disk_full_fails_the_job_with_the_reason_and_the_daemon_stays_up(home: Home, tally: Tally) -> None:
     text = '[workload]\nkind = "command"\nargv = ["sh", "-c", "yes 0123456789 | head -c 3000000"]\n'
     text += f'[env]\n{FAKE_ENV} = "fill"\n[retry]\nbackoff = "50ms"\nmax_attempts = 2\n'
@@ -1073,8 +1039,8 @@ def test_store_locked_exclusively_at_start_is_refused(home: Home, store_bytes: b
 @pytest.mark.fault
 def test_store_write_locked_stops_the_daemon_at_its_first_write(home: Home, store_bytes: bytes, tally: Tally) -> None:
     db = seeded(home, store_bytes)
+    home.start()  # the lock is taken while the daemon runs
     with locked(db, exclusive_mode=False):
-        home.start()
         home.drop("late.toml", '[workload]\nkind = "command"\nargv = ["true"]\n')
         assert home.proc is not None
         code = home.proc.wait(20)
@@ -1093,22 +1059,10 @@ def test_store_write_locked_stops_the_daemon_at_its_first_write(home: Home, stor
     [
         pytest.param(
             False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a write lock held by another process is not noticed at start: Store.open only reads "
-                "(quick_check, CREATE TABLE IF NOT EXISTS on existing tables), so the daemon reports READY and "
-                "idles; it stops (70) only at its first write, 5 s (busy_timeout) after a job arrives",
-            ),
             id="write-lock",
         ),
         pytest.param(
             True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the refusal says 'database is locked. If the file is damaged, move it away (mkd starts "
-                "a new one) or restore a backup': the advice for a corrupt store, which for a healthy locked "
-                "one throws the job history away; it does not say another process holds the lock",
-            ),
             id="exclusive-mode",
         ),
     ],
@@ -1162,11 +1116,6 @@ def test_corrupt_store_is_refused_and_left_as_it_was(home: Home, store_bytes: by
 
 
 @pytest.mark.fault
-@pytest.mark.xfail(
-    strict=True,
-    reason="mkd status on a corrupt store prints a Python traceback (sqlite3.DatabaseError from the first "
-    "query; Store.open(readonly=True) runs no check and read queries are not wrapped in StoreError)",
-)
 def test_status_on_a_corrupt_store_says_so(home: Home, store_bytes: bytes) -> None:
     db = seeded(home, store_bytes)
     corrupt(db, "garbage")
