@@ -275,6 +275,7 @@ class AttemptRunner:
         atomic_write_json(
             attempt_dir / "command.json",
             {"argv": command.argv, "cwd": command.cwd, "env": command.env, "nccl": command.nccl_applied},
+            mode=0o600,  # holds the run's whole environment
         )
         attempt = self.store.add_attempt(
             job_id=job.job_id,
@@ -632,6 +633,8 @@ class AttemptRunner:
         data = dict(job.stage_data)
         out_dir = Path(attempt.dir) / "out"
         result: dict[str, Any] = {"passed": True, "attempt": attempt.number, "num_envs": job.plan.get("num_envs")}
+        keep = ("iteration", "samples", "train_return", "test_return", "median_samples_per_second")
+        result.update({k: attempt.progress[k] for k in keep if attempt.progress.get(k) is not None})
         if stage.kind in TRAIN_KINDS:
             model = out_dir / "model.pt"
             if model.exists():
@@ -881,8 +884,8 @@ class AttemptRunner:
         if job is None:
             return
         every = self.spec(job).watch.gpu_report_every.total_seconds()
-        if now - self._gpu_report_at.get(live.job_id, -1e9) < every:
-            return
+        if not live.gpu_uuids or now - self._gpu_report_at.get(live.job_id, -1e9) < every:
+            return  # a CPU-only run has no GPU report
         self._gpu_report_at[live.job_id] = now
         stage = self.spec(job).effective_stages[job.stage_index]
         advancing = live.last_progress_mono is not None and now - live.last_progress_mono < max(every, 30.0)

@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("watchdog").setLevel(logging.WARNING)  # its inotify events would flood debug logs
     path = getattr(args, "config", None) or os.environ.get("MKD_CONFIG")
     path = path or (str(HOST_CONFIG) if HOST_CONFIG.is_file() else None)
     daemon = Daemon(config, layout, reload=(lambda: load_config(path)[0]) if path else None)

@@ -101,6 +101,7 @@ class Daemon:
 
     def close(self) -> None:
         """Leave runs running (they are re-adopted by the next daemon) and release everything."""
+        log.info("mkd stopping; %d run(s) keep running and will be re-adopted", len(self.runner.live))
         self.notifier.stopping()
         if self._watcher is not None:
             self._watcher.stop()

@@ -74,6 +74,7 @@ class Engine:
                 "log_max_bytes": spec.log_max_bytes,
                 "log_backups": spec.log_backups,
             },
+            mode=0o600,  # the run's whole environment, secrets included: for the daemon's user only
         )
         pid = os.posix_spawn(
             self.python,

@@ -24,8 +24,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         raise
 
 
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n", mode)
 
 
 def read_json(path: Path) -> Any:

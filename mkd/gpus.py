@@ -197,8 +197,10 @@ class GpuSampler:
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
+            first = self._error != describe_nvml_error(exc)
             self._error, self._failed_at = describe_nvml_error(exc), now
-            log.info("NVML unavailable: %s", self._error)
+            # said once at INFO; the retries every retry_init_seconds only at DEBUG
+            log.log(logging.INFO if first else logging.DEBUG, "NVML unavailable: %s", self._error)
             return None
         self._nvml, self._failed_at = nvml, None
         try:

@@ -117,7 +117,9 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
         final = tried[-1]
         out_dir = Path(final.dir) / "out"
         items[f"{label}: command"] = _command(final)
-        items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.get("gpu_indices", [])) or "cpu"
+        processes = int(final.params.get("processes", 1))
+        cpu = "cpu" if processes == 1 else f"cpu x{processes} processes"
+        items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.get("gpu_indices", [])) or cpu
         items[f"{label}: num_envs"] = str(final.params.get("num_envs"))
         items[f"{label}: attempts"] = str(len(tried))
         items[f"{label}: exit"] = f"returncode {final.returncode}, signal {final.signal}, outcome {final.outcome}"
@@ -166,6 +168,12 @@ def render_report(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord], 
             f"| {a.number} | {a.stage_label} | {a.params.get('num_envs', '-')} | {gpus} | {a.outcome or a.state.value} "
             f"| {a.failure_class or '-'} | {a.returncode} | {a.signal} |"
         )
+    failed = [a for a in attempts if a.failure_class and a.evidence]
+    if failed:
+        lines += ["", "## Failures", ""]
+        for a in failed:
+            lines.append(f"- attempt {a.number} ({a.stage_label}): {a.failure_class}")
+            lines += [f"    {line}" for line in a.evidence[-5:]]
     lines += ["", "## Timeline", ""]
     for event in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))

@@ -27,8 +27,10 @@ def _progress(progress: dict[str, Any]) -> str:
         bits.append(f"iter {progress['iteration']}")
     if progress.get("samples") is not None:
         bits.append(f"{int(progress['samples']):,} samples")
-    if progress.get("samples_per_second"):
-        bits.append(f"{float(progress['samples_per_second']) / 1000:.1f}k/s")
+    rate = progress.get("samples_per_second")
+    if rate:
+        rate = float(rate)
+        bits.append(f"{rate / 1000:.1f}k/s" if rate >= 1000 else f"{rate:.1f}/s")
     test = progress.get("test_result")
     if test:
         bits.append(f"Mean Return {float(test['mean_return']):.3g}")
@@ -128,6 +130,8 @@ def show_job(store: Store, name: str, *, as_json: bool) -> int:
             f"{' ' + a.failure_class if a.failure_class else ''} num_envs={a.params.get('num_envs')}"
             f" {_progress(a.progress)}"
         )
+        if a.failure_class and a.evidence:
+            print(f"    {a.evidence[-1]}")
     print("timeline:")
     for e in events:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e.at))} [{e.kind}] {e.message}")
