@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mkd.classify import Classification, ExitInfo, classify, split_lines
+from mkd.fsutil import read_json
 from mkd.mimickit.console import ConsoleParser
 
 _HEAD_BYTES = 1 << 20  # multi-device markers are printed at start-up
@@ -58,7 +59,7 @@ def explain_file(path: Path, *, multi_device: bool | None = None) -> str:
 def explain_report(path: Path, *, multi_device: bool | None = None) -> dict[str, Any]:
     """The same as explain_file, as a JSON-ready dict (raises OSError if the file is unreadable)."""
     text = _read(path)
-    exit_info, exit_source = infer_exit(text)
+    exit_info, exit_source = _recorded_exit(path) or infer_exit(text)
     multi = infer_multi_device(text) if multi_device is None else multi_device
     found = classify(text, exit_info, multi_device=multi, stage_kind=_stage_kind(text))
     console = ConsoleParser()
@@ -76,6 +77,14 @@ def explain_report(path: Path, *, multi_device: bool | None = None) -> dict[str,
         else {"iteration": last.iteration, "samples": last.samples, "wall_time_h": last.wall_time_h},
         "test_result": None if result is None else vars(result),
     }
+
+
+def _recorded_exit(path: Path) -> tuple[ExitInfo, str] | None:
+    """An mkd attempt's console.log has the shim's exit.json beside it: the real exit status."""
+    data = read_json(path.with_name("exit.json"))
+    if not isinstance(data, dict) or ("returncode" not in data and "signal" not in data):
+        return None
+    return ExitInfo(data.get("returncode"), data.get("signal")), "exit.json beside the log"
 
 
 def infer_exit(text: str) -> tuple[ExitInfo | None, str]:

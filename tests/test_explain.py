@@ -117,3 +117,13 @@ def test_a_huge_log_is_read_by_its_head_and_tail(monkeypatch: pytest.MonkeyPatch
     assert report["exit"]["returncode"] == 137
     assert report["failure"] == "startup_multi_device", "the tail keeps the child's last words"
     assert report["evidence"] == ["RuntimeError: Failed to allocate 34406400 bytes on device 'cuda:1'"]
+
+
+def test_explain_reads_the_exit_status_mkd_recorded_beside_the_log(tmp_path: Path) -> None:
+    from mkd.explain import explain_report
+
+    console = tmp_path / "console.log"
+    console.write_text("Setting seed: 1\nBuilding deepmimic env\n")
+    (tmp_path / "exit.json").write_text('{"returncode": null, "signal": 9}')
+    report = explain_report(console)
+    assert report["exit"]["signal"] == 9 and report["exit"]["inferred_from"] == "exit.json beside the log"
