@@ -58,6 +58,27 @@ def _alive(attempt: AttemptRecord) -> bool:
     return attempt.state != "ended"
 
 
+def attempt_dict(a: AttemptRecord, *, full: bool = False) -> dict[str, Any]:
+    """One attempt as status.json and `mkd status JOB --json` show it (full: params, progress, evidence)."""
+    out: dict[str, Any] = {
+        "number": a.number,
+        "stage": a.stage_label,
+        "state": a.state.value,
+        "outcome": a.outcome,
+        "failure_class": a.failure_class,
+        "returncode": a.returncode,
+        "signal": a.signal,
+        "num_envs": a.params.get("num_envs"),
+        "gpus": a.params.get("gpu_indices", []),
+        "dir": a.dir,
+        "started_at": a.started_at,
+        "ended_at": a.ended_at,
+    }
+    if full:
+        out.update(params=a.params, progress=a.progress, evidence=a.evidence)
+    return out
+
+
 def status_dict(
     job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord], live_progress: dict[str, Any] | None, wall: float
 ) -> dict[str, Any]:
@@ -73,23 +94,7 @@ def status_dict(
         "stage_index": job.stage_index,
         "stages": [s.label(i) for i, s in enumerate(stages)],
         "plan": job.plan,
-        "attempts": [
-            {
-                "number": a.number,
-                "stage": a.stage_label,
-                "state": a.state.value,
-                "outcome": a.outcome,
-                "failure_class": a.failure_class,
-                "returncode": a.returncode,
-                "signal": a.signal,
-                "num_envs": a.params.get("num_envs"),
-                "gpus": a.params.get("gpu_indices", []),
-                "dir": a.dir,
-                "started_at": a.started_at,
-                "ended_at": a.ended_at,
-            }
-            for a in attempts
-        ],
+        "attempts": [attempt_dict(a) for a in attempts],
         "progress": live_progress if live_progress is not None else (last.progress if last else {}),
         "results": job.stage_data.get("results", {}),
         "fallbacks": job.stage_data.get("fallbacks", []),

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mkd.report import attempt_dict
 from mkd.store import Store
 
 RECENT_FINISHED = 20
@@ -101,21 +102,7 @@ def show_job(store: Store, name: str, *, as_json: bool) -> int:
                     "reason": job.reason,
                     "stage_index": job.stage_index,
                     "plan": job.plan,
-                    "attempts": [
-                        {
-                            "number": a.number,
-                            "stage": a.stage_label,
-                            "state": a.state.value,
-                            "outcome": a.outcome,
-                            "failure_class": a.failure_class,
-                            "returncode": a.returncode,
-                            "signal": a.signal,
-                            "params": a.params,
-                            "progress": a.progress,
-                            "evidence": a.evidence,
-                        }
-                        for a in attempts
-                    ],
+                    "attempts": [attempt_dict(a, full=True) for a in attempts],
                     "events": [{"at": e.at, "kind": e.kind, "message": e.message} for e in events],
                 },
                 indent=2,

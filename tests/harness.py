@@ -55,6 +55,41 @@ def processes_with_token(token: str) -> list[int]:
     return found
 
 
+def mimickit_job(
+    *,
+    devices: str = '["cpu"]',
+    num_envs: int = 8,
+    env: str = "",
+    retry: str = "",
+    watch: str = "",
+    backoff: str = "100ms",
+    stop_grace: str = "2s",
+    stages: str = "",
+) -> str:
+    """A job file for the fake MimicKit; [retry] comes last so that callers may append keys to it."""
+    return f"""
+[workload]
+kind = "mimickit"
+arg_file = "args/deepmimic_humanoid_ppo_args.txt"
+engine_config = "data/engines/newton_engine.yaml"
+devices = {devices}
+num_envs = {num_envs}
+
+[env]
+{env}
+
+[watch]
+stop_grace = "{stop_grace}"
+{watch}
+
+{stages}
+
+[retry]
+backoff = "{backoff}"
+{retry}
+"""
+
+
 def write_config(home: Path, extra: str = "") -> Path:
     config = home / "mkd.toml"
     config.write_text(

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Home, new_token, processes_with_token, wait_for
+from tests.harness import Home, mimickit_job, new_token, processes_with_token, wait_for
 
 # The fork server. Requests are JSON lines on stdin: {"op": "spawn", cwd, env, log, argv,
 # kill} -> {"pid": N}; {"op": "wait", "pid": N} -> {"status": exit code, -9 for SIGKILL}.
@@ -243,24 +243,6 @@ def forked(server: ForkServer, home: Home, kill: str | None = None) -> Iterator[
 
 # --- jobs ------------------------------------------------------------------------------------
 
-MK_HEAD = """
-[workload]
-kind = "mimickit"
-arg_file = "args/deepmimic_humanoid_ppo_args.txt"
-engine_config = "data/engines/newton_engine.yaml"
-devices = {devices}
-num_envs = {num_envs}
-
-[env]
-{env}
-
-[retry]
-backoff = "50ms"
-{retry}
-
-[watch]
-stop_grace = "1s"
-"""
 
 TRAIN_TEST = """
 [[stages]]
@@ -281,7 +263,9 @@ def mk(
     name: str, *, num_envs: int = 8, env: str = "", retry: str = "", stages: str = TRAIN_TEST, devices: str = '["cpu"]'
 ) -> str:
     env = f'{FAKE_ENV} = "{name}"\n{env}'
-    return MK_HEAD.format(devices=devices, num_envs=num_envs, env=env, retry=retry) + stages
+    return mimickit_job(
+        devices=devices, num_envs=num_envs, env=env, retry=retry, stages=stages, backoff="50ms", stop_grace="1s"
+    )
 
 
 def once(home: Home, name: str, mode: str) -> str:

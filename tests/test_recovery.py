@@ -9,28 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Home, wait_for
+from tests.harness import Home, mimickit_job, wait_for
 from tests.nvml_fixtures import build_fake_nvml, nvml_env
-
-BASE = """
-[workload]
-kind = "mimickit"
-arg_file = "args/deepmimic_humanoid_ppo_args.txt"
-engine_config = "data/engines/newton_engine.yaml"
-devices = {devices}
-num_envs = {num_envs}
-
-[env]
-{env}
-
-[retry]
-backoff = "100ms"
-{retry}
-
-[watch]
-stop_grace = "2s"
-{watch}
-"""
 
 
 def job(
@@ -42,7 +22,7 @@ def job(
     watch: str = "",
     stages: str = '[[stages]]\nkind = "train"\nmax_samples = 20480\n',
 ) -> str:
-    return BASE.format(devices=devices, num_envs=num_envs, env=env, retry=retry, watch=watch) + "\n" + stages
+    return mimickit_job(devices=devices, num_envs=num_envs, env=env, retry=retry, watch=watch, stages=stages)
 
 
 def once(home: Home, mode: str) -> str:

@@ -12,26 +12,11 @@ from pathlib import Path
 import pytest
 
 from mkd.stages import probe_begin, probe_cost, probe_record
-from tests.harness import Home
-
-HEAD = """
-[workload]
-kind = "mimickit"
-arg_file = "args/deepmimic_humanoid_ppo_args.txt"
-engine_config = "data/engines/newton_engine.yaml"
-devices = {devices}
-num_envs = {num_envs}
-
-[env]
-{env}
-
-[retry]
-backoff = "100ms"
-"""
+from tests.harness import Home, mimickit_job
 
 
 def head(num_envs: int, env: str = "", devices: str = '["cpu"]') -> str:
-    return HEAD.format(num_envs=num_envs, env=env, devices=devices)
+    return mimickit_job(devices=devices, num_envs=num_envs, env=env)
 
 
 def checklist(report: str) -> dict[str, str]:
