@@ -116,6 +116,12 @@ class Intake:
             return
         except FileNotFoundError:
             return
+        except Exception as error:  # one strange file must never stop the intake: reject it, count it
+            log.exception("intake: %s could not be checked", name)
+            self.store.bump("intake_errors_total")
+            self._reject_from(path, name, f"{name}: mkd could not check this file ({type(error).__name__}: {error})")
+            result.rejected.append(name)
+            return
         token = f"{time.time_ns():x}-{os.getpid()}-{next(_counter)}"
         claimed = self.layout.claimed / f"{token}__{name}"
         try:
@@ -149,6 +155,14 @@ class Intake:
                 return
             except Rejection as rejection:
                 self._reject_from(claimed, name, rejection.reason)
+                result.rejected.append(name)
+                return
+            except Exception as error:  # as in _take: a file that breaks the check is rejected, never fatal
+                log.exception("intake: %s could not be checked", name)
+                self.store.bump("intake_errors_total")
+                self._reject_from(
+                    claimed, name, f"{name}: mkd could not check this file ({type(error).__name__}: {error})"
+                )
                 result.rejected.append(name)
                 return
             result.accepted.append(job_id)
@@ -229,6 +243,8 @@ class Intake:
         if roots:
             workload = spec.workload
             where = workload.cwd if isinstance(workload, CommandWorkload) else workload.mimickit_dir
+            if where is not None and "\0" in where:
+                raise JobFileError(name, [Problem(None, None, "workload", "a path holds a NUL character")])
             if where is not None and not any(Path(where).resolve().is_relative_to(r) for r in roots):
                 raise JobFileError(
                     name,

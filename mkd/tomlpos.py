@@ -59,7 +59,9 @@ class KeyIndex:
             header = next((c for c in node.named_children if c.type.endswith("key")), None)
             if header is None:
                 return
-            loc: Loc = tuple(_key_parts(header))
+            loc = self._header_loc(_key_parts(header))
+            for end in range(1, len(loc)):  # [a.b] makes table a too: give it this line if it has none
+                self._mark(loc[:end], node)
             if node.type == "table_array_element":
                 index = self._array_tables.get(loc, 0)
                 self._array_tables[loc] = index + 1
@@ -69,6 +71,17 @@ class KeyIndex:
             for child in node.named_children:
                 if child.type == "pair":
                     self._pair(loc, child)
+
+    def _header_loc(self, parts: list[str]) -> Loc:
+        """A header's key path, with the current element of any array of tables it passes through:
+        [stages.points] after the second [[stages]] is ("stages", 1, "points")."""
+        loc: Loc = ()
+        for part in parts[:-1]:
+            loc = (*loc, part)
+            count = self._array_tables.get(loc)
+            if count:
+                loc = (*loc, count - 1)
+        return (*loc, parts[-1]) if parts else loc
 
     def _pair(self, prefix: Loc, pair: Node) -> None:
         key = pair.named_children[0] if pair.named_children else None

@@ -43,7 +43,10 @@ def parse_duration(value: Any) -> timedelta:
         pos = match.end()
     if pos != len(text) or not text:
         raise ValueError(f'cannot read {value!r} as a duration; write it like "90s", "10m", "2h" or "1h30m"')
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long a duration (at most {timedelta.max.days} days)") from None
 
 
 def parse_size(value: Any) -> int:
@@ -53,7 +56,10 @@ def parse_size(value: Any) -> int:
     match = _SIZE.fullmatch(value.strip())
     if not match:
         raise ValueError(f'cannot read {value!r} as a size; write it like "8GiB", "512MiB" or "2GB"')
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not size < 2**63:
+        raise ValueError(f"{value!r} is too large a size")
+    return int(size)
 
 
 def format_duration(delta: timedelta) -> str:
