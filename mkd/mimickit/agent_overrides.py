@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,13 +42,17 @@ MAX_AGENT_YAML = 1 << 20
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        if not path.is_file():  # a FIFO or a device would block or flood the reader
-            raise OverrideError(f"base agent config {path} is not a regular file")
-        if path.stat().st_size > MAX_AGENT_YAML:
-            raise OverrideError(f"base agent config {path} is over {MAX_AGENT_YAML} bytes")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        st = path.stat()
     except ValueError as exc:  # e.g. an embedded NUL in the path
-        raise OverrideError(f"base agent config {path!r} is not a usable path: {exc}") from exc
+        raise OverrideError(f"cannot read base agent config {str(path)!r}: {exc}") from exc
+    except OSError as exc:
+        raise OverrideError(f"cannot read base agent config {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or flood the reader
+        raise OverrideError(f"cannot read base agent config {path}: not a regular file")
+    if st.st_size > MAX_AGENT_YAML:
+        raise OverrideError(f"cannot read base agent config {path}: over {MAX_AGENT_YAML} bytes")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise OverrideError(f"cannot read base agent config {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
