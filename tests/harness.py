@@ -260,8 +260,12 @@ class Home:
         return kill_leaked(self.token)
 
 
-def kill_leaked(token: str) -> list[int]:
-    """Kill every process carrying `token`; returns their pids (a test fails on a non-empty list)."""
+def kill_leaked(token: str, grace: float = 3.0) -> list[int]:
+    """Kill every process carrying `token` still there after `grace` seconds (a shim may be a few
+    milliseconds from exiting when its job is recorded done); returns their pids."""
+    deadline = time.monotonic() + grace
+    while processes_with_token(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
     leaked = processes_with_token(token)
     for pid in leaked:
         with contextlib.suppress(ProcessLookupError):
