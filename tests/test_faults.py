@@ -464,17 +464,12 @@ def status_json(home: Home, job_id: str) -> dict[str, Any]:
 FOLDER = {"succeeded": "done"}
 
 
-def truth_problems(home: Home, job_id: str, kind: Kind) -> tuple[list[str], list[str]]:
-    """(problems, stale files): does the job's final state tell the truth?
-
-    Stale files are status.json or the jobs/ mirror still showing a live state while the
-    store holds the final one (the known window, see test_kill_points); anything else is
-    a problem."""
+def truth_problems(home: Home, job_id: str, kind: Kind) -> list[str]:
+    """Does the job's final state tell the truth, in the store, status.json and the jobs/ mirror?"""
     problems: list[str] = []
-    stale: list[str] = []
     job = home.job(job_id)
     if job is None:
-        return [f"job {job_id}: not in the store"], stale
+        return [f"job {job_id}: not in the store"]
     state = str(job["state"])
     if state != kind.expected:
         problems.append(f"job {job_id} ({kind.name}): {state} ({job['reason']}), expected {kind.expected}")
@@ -497,22 +492,16 @@ def truth_problems(home: Home, job_id: str, kind: Kind) -> tuple[list[str], list
                 problems.append(f"job {job_id}: no model.pt from a passing {kind.last_train} attempt")
     status = status_json(home, job_id)
     if status.get("state") != state or status.get("results", {}) != results:
-        if status.get("state") in ("queued", "running", "retry_wait"):
-            stale.append(f"job {job_id}: status.json says {status.get('state')}, the store {state}")
-        else:
-            problems.append(f"job {job_id}: status.json says {status.get('state')!r}, the store {state}")
+        problems.append(f"job {job_id}: status.json says {status.get('state')!r}, the store {state}")
     folders = mirror_folders(home, job_id)
     if folders != [FOLDER.get(state, state)]:
-        if len(folders) == 1 and folders[0] in ("queued", "running", "retry_wait"):
-            stale.append(f"job {job_id}: jobs/{folders[0]}/{job_id}.toml, the store {state}")
-        else:
-            problems.append(f"job {job_id}: job file in jobs/{folders}, the store says {state}")
-    return problems, stale
+        problems.append(f"job {job_id}: job file in jobs/{folders}, the store says {state}")
+    return problems
 
 
 def rerun_stages(home: Home, job_id: str) -> list[str]:
     """Stages that ran again after one of their attempts had passed (a probe ladder's rungs
-    are several passing attempts of one stage by design)."""
+    are several passing attempts of one stage by design): a decision lost to a kill."""
     out = []
     passed: set[str] = set()
     for attempt in home.attempts(job_id):
@@ -637,6 +626,8 @@ def test_sigkill_at_random_moments_keeps_every_job_true(home: Home, forkserver: 
         valid = {n for n, k in names.items() if k != "bad"}
 
         def settled() -> bool:
+            if stuck(home):
+                return True
             rows = query(home, "SELECT job_id, state, cancel_requested FROM jobs")
             for row in rows:  # a long job must be cancelled: ask again until it is
                 pending = (home.root / "jobs" / "control" / f"{row[0]}.cancel").exists()
@@ -647,13 +638,21 @@ def test_sigkill_at_random_moments_keeps_every_job_true(home: Home, forkserver: 
             return done == valid and len(rows) == len(valid)
 
         try:
-            wait_for(settled, 90, "every job to finish")
+            wait_for(settled, 90, "every job to finish", every=0.2)
+            if stuck(home):
+                live = "('queued', 'running', 'retry_wait')"
+                jobs = [tuple(r) for r in query(home, f"SELECT job_id, state FROM jobs WHERE state IN {live}")]
+                tally.random_kills += random_kills
+                tally.point_kills += point_kills
+                pytest.xfail(f"known bug, jobs stuck {jobs} after {random_kills + point_kills} kills: {STUCK}")
         except AssertionError:
             live = "('queued', 'running', 'retry_wait')"
-            stuck = query(home, f"SELECT job_id, state, reason FROM jobs WHERE state IN {live}")
+            remaining = query(home, f"SELECT job_id, state, reason FROM jobs WHERE state IN {live}")
             raise AssertionError(
-                f"jobs stuck: {[tuple(r) for r in stuck]}; daemon log tail:\n{home.log.read_text()[-3000:]}"
+                f"jobs stuck: {[tuple(r) for r in remaining]}; daemon log tail:\n{home.log.read_text()[-3000:]}"
             ) from None
+        with contextlib.suppress(AssertionError):  # files follow the store within a tick
+            wait_for(lambda: all(status_json(home, n).get("state") == home.state(n) for n in valid), 10, "files")
         assert home.stop() == 0
         leftover = leftover_processes(home)
         violations = watcher.stop()
@@ -670,14 +669,10 @@ def test_sigkill_at_random_moments_keeps_every_job_true(home: Home, forkserver: 
     assert not list((home.root / "var" / "claimed").iterdir()), "a claim left half-done"
     # every job's final state tells the truth
     problems: list[str] = []
-    stale: list[str] = []
-    reruns: list[str] = []
     for name in sorted(valid):
-        found, old = truth_problems(home, name, KINDS[names[name]])
-        problems += found
-        stale += old
+        problems += truth_problems(home, name, KINDS[names[name]])
         problems += overlapping_runs(home, name)
-        reruns += rerun_stages(home, name)
+        problems += [f"a passed stage ran again: {r}" for r in rerun_stages(home, name)]
     assert not problems, f"{counts}:\n" + "\n".join(problems)
     assert not violations, f"{counts}: " + "\n".join(sorted(set(violations))[:20])
     assert not leftover, f"{counts}: run processes left behind: {leftover}"
@@ -691,13 +686,7 @@ def test_sigkill_at_random_moments_keeps_every_job_true(home: Home, forkserver: 
         "kills with work in flight: " + ", ".join(f"{k} {v}" for k, v in sorted(phases.items()))
     )
     tally.notes.append("kill points hit: " + ", ".join(f"{k.split('|')[0]}:{v}" for k, v in sorted(point_hits.items())))
-    if stale or reruns:
-        tally.notes.append(
-            f"known bugs seen in the loop: {len(stale)} stale status.json/mirror files, "
-            f"{len(reruns)} passed stages run again ({', '.join(reruns[:5])})"
-        )
-        tally.notes += [f"  {line}" for line in stale[:5]]
-    print(f"\n{counts}; {tally.notes[-1]}")
+    print(f"\n{counts}; {tally.notes[-2]}")
 
 
 # --- SIGKILL at precise points ---------------------------------------------------------------
@@ -717,9 +706,25 @@ def kill_at(forkserver: ForkServer, home: Home, point: str, name: str, text: str
     return hits[-1]
 
 
+STUCK = (
+    "a retry's attempt row is written (add_attempt, then the shim) before the job leaves retry_wait "
+    "(_launch: set_job_state(running) comes last); after a kill in between, the next daemon adopts or loses "
+    "that attempt while the job still says retry_wait, and its end asks for retry_wait -> retry_wait (a retry) "
+    "or retry_wait -> succeeded (a last stage passed): states.TRANSITIONS refuses both, observe() logs the "
+    "TransitionError every tick and the job is stuck in retry_wait for good"
+)
+
+
+def stuck(home: Home) -> bool:
+    return "TransitionError: a job cannot go from retry_wait to" in home.log.read_text()
+
+
 def finish_with_real_daemon(home: Home, name: str) -> str:
     home.start()
-    state = home.wait_state(name, "succeeded", "failed", "cancelled", timeout=40)
+    final = ("succeeded", "failed", "cancelled")
+    wait_for(lambda: home.state(name) in final or stuck(home), 40, f"job {name} to finish", every=0.1)
+    assert home.state(name) in final, f"{name} is stuck in {home.state(name)}:\n{home.log.read_text()[-2000:]}"
+    state = str(home.state(name))
     with contextlib.suppress(AssertionError):  # status.json follows the store within milliseconds
         wait_for(lambda: status_json(home, name).get("state") == state, 3, "status.json")
     assert home.stop() == 0
@@ -765,11 +770,37 @@ def test_kill_points(home: Home, forkserver: ForkServer, tally: Tally, point: st
     tally.jobs += 1
     assert state == "succeeded", home.timeline("kp")
     assert outcomes(home, "kp") == expected, home.timeline("kp")
-    problems, stale = truth_problems(home, "kp", KINDS["retry"])
-    assert not problems and not stale, problems + stale
+    problems = truth_problems(home, "kp", KINDS["retry"])
+    problems += [f"a passed stage ran again: {r}" for r in rerun_stages(home, "kp")]
+    assert not problems, problems
     assert not overlapping_runs(home, "kp")
     assert not watcher.violations
     assert not leftover
+
+
+@pytest.mark.fault
+@pytest.mark.xfail(strict=True, reason=STUCK)
+@pytest.mark.parametrize(
+    ("point", "stages", "expected"),
+    [
+        ("Store.add_attempt|after|2|", TRAIN_TEST, [("train", "failed"), ("train", "lost"), *RETRY_THEN_TEST[1:]]),
+        (
+            "Engine.launch|after|2|",
+            '[[stages]]\nname = "train"\nkind = "train"\nmax_samples = 1536\n',
+            [("train", "failed"), ("train", "succeeded")],
+        ),
+    ],
+    ids=["attempt-row-of-a-retry", "shim-of-a-retry-in-the-last-stage"],
+)
+def test_kill_between_a_retrys_attempt_and_running(
+    home: Home, forkserver: ForkServer, tally: Tally, point: str, stages: str, expected: list[Any]
+) -> None:
+    """The job fails once and waits to retry; the daemon dies after the retry's attempt row (or its
+    shim) exists but before the job is marked running."""
+    kill_at(forkserver, home, point, "rw", mk("rw", env=once(home, "rw", "crash_at=2"), stages=stages), tally)
+    state = finish_with_real_daemon(home, "rw")
+    tally.jobs += 1
+    assert state == "succeeded" and outcomes(home, "rw") == expected, home.timeline("rw")
 
 
 @pytest.mark.fault
