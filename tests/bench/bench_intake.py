@@ -6,7 +6,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.bench.common import (
     install_history,
     percentile,
     query,
+    run_each,
     running,
     status_in_process,
     status_rows_seconds,
@@ -108,11 +108,7 @@ def status(root: Path) -> list[Row]:
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
-    for bench in (drop_to_queued, burst, status):
-        with tempfile.TemporaryDirectory(prefix=f"mkd-bench-{bench.__name__}-") as tmp:
-            rows += bench(Path(tmp))
-    return rows
+    return run_each(drop_to_queued, burst, status)
 
 
 def main() -> None:

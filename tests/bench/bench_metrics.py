@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.bench.common import Row, bench_home, drop_at, percentile, query, running
+from tests.bench.common import Row, bench_home, drop_at, percentile, query, run_each, running
 from tests.harness import mimickit_job, wait_for
 from tests.nvml_fixtures import build_fake_nvml, nvml_env
 
@@ -168,11 +167,7 @@ def sample_cost(root: Path) -> list[Row]:
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
-    for bench in (metrics_latency, sample_cost):
-        with tempfile.TemporaryDirectory(prefix=f"mkd-bench-{bench.__name__}-") as tmp:
-            rows += bench(Path(tmp))
-    return rows
+    return run_each(metrics_latency, sample_cost)
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ it supervises 20 runs for a minute, and what one job start costs with 50 attempt
 from __future__ import annotations
 
 import itertools
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tests.bench.common import (
     query,
     read_json,
     rss_bytes,
+    run_each,
     running,
 )
 from tests.harness import Home, mimickit_job, wait_for
@@ -198,11 +198,7 @@ def _tick_seconds(home: Home) -> float:
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
-    for bench in (drop_to_running, failure_to_next_attempt, hang_detection, supervising, start_cost):
-        with tempfile.TemporaryDirectory(prefix=f"mkd-bench-{bench.__name__}-") as tmp:
-            rows += bench(Path(tmp))
-    return rows
+    return run_each(drop_to_running, failure_to_next_attempt, hang_detection, supervising, start_cost)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,3 +328,12 @@ def drop_at(home: Home, name: str, text: str) -> float:
     at = time.time()
     os.rename(tmp, home.incoming / name)
     return at
+
+
+def run_each(*benches: Callable[[Path], list[Row]]) -> list[Row]:
+    """Run each benchmark in a fresh temporary folder; their rows in order."""
+    rows: list[Row] = []
+    for bench in benches:
+        with tempfile.TemporaryDirectory(prefix=f"mkd-bench-{bench.__name__}-") as tmp:
+            rows += bench(Path(tmp))
+    return rows
