@@ -182,10 +182,7 @@ class Intake:
             )
         live = self.store.live_job_named(name)
         if live is not None:
-            raise Rejection(
-                f"{filename}: a job named {name!r} is still live ({live}); wait for it to finish, cancel it "
-                "(mkd cancel), or give this file another [job] name"
-            )
+            raise Rejection(f"{filename}: {_still_live(name, live)}")
         job_id = self.store.job_id_for(name)
         self.store.insert_job(
             job_id=job_id,
@@ -237,27 +234,38 @@ class Intake:
             raise Rejection(error.render()) from None
 
     def _validate(self, raw: bytes, name: str) -> JobSpec:
+        """The schema, then the checks that need the host (agent YAML, allowed roots): all problems at once.
+
+        A live job of the same name is refused later, at insert; when the file has other problems
+        too, that one is listed with them, so one .error tells the whole story.
+        """
         spec = load_job_bytes(raw, name)
-        check_agent_overrides(spec, raw.decode("utf-8"), name, self.layout.mimickit_dir)
-        roots = [Path(r).resolve() for r in self.config.intake.allowed_roots]
-        if roots:
-            workload = spec.workload
-            where = workload.cwd if isinstance(workload, CommandWorkload) else workload.mimickit_dir
-            if where is not None and "\0" in where:
-                raise JobFileError(name, [Problem(None, None, "workload", "a path holds a NUL character")])
-            if where is not None and not any(Path(where).resolve().is_relative_to(r) for r in roots):
-                raise JobFileError(
-                    name,
-                    [
-                        Problem(
-                            None,
-                            None,
-                            "workload",
-                            f"{where!r} is outside the allowed roots {[str(r) for r in roots]}",
-                        )
-                    ],
-                )
+        problems: list[Problem] = []
+        try:
+            check_agent_overrides(spec, raw.decode("utf-8"), name, self.layout.mimickit_dir)
+        except JobFileError as error:
+            problems.extend(error.problems)
+        problems.extend(self._root_problems(spec))
+        if problems:
+            job_name = spec.job.name or name[: -len(".toml")]
+            live = self.store.live_job_named(job_name)
+            if live is not None:
+                problems.append(Problem(None, None, "job.name", _still_live(job_name, live)))
+            raise JobFileError(name, problems)
         return spec
+
+    def _root_problems(self, spec: JobSpec) -> list[Problem]:
+        roots = [Path(r).resolve() for r in self.config.intake.allowed_roots]
+        workload = spec.workload
+        where = workload.cwd if isinstance(workload, CommandWorkload) else workload.mimickit_dir
+        if not roots or where is None:
+            return []
+        if "\0" in where:
+            return [Problem(None, None, "workload", "a path holds a NUL character")]
+        if not any(Path(where).resolve().is_relative_to(r) for r in roots):
+            allowed = [str(r) for r in roots]
+            return [Problem(None, None, "workload", f"{where!r} is outside the allowed roots {allowed}")]
+        return []
 
     def _reject_from(self, path: Path, name: str, reason: str) -> None:
         """Write NAME.error, then move the file beside it (a crash between repeats both)."""
@@ -270,6 +278,13 @@ class Intake:
             return
         self.store.bump("rejected_files_total")
         log.warning("rejected %s: %s", name, text.strip().splitlines()[0])
+
+
+def _still_live(name: str, live: str) -> str:
+    return (
+        f"a job named {name!r} is still live ({live}); wait for it to finish, cancel it (mkd cancel), "
+        "or give this file another [job] name"
+    )
 
 
 class _Pending(Exception):

@@ -18,16 +18,17 @@ generating those inputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import re
 import shutil
+import signal
 import sqlite3
 import stat
 import tempfile
-import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -722,14 +723,21 @@ def test_an_agent_config_that_is_a_fifo_does_not_hang_the_intake(bench: IntakeBe
     bench.n += 1
     name = f"fifo{bench.n}.toml"
     (bench.layout.incoming / name).write_bytes(raw.encode())
-    worker = threading.Thread(target=bench.intake.scan, args=(bench.now,), daemon=True)
-    worker.start()
-    worker.join(3)
-    hung = worker.is_alive()
-    if hung:  # let the reader go: a writer opens and closes the FIFO, the read sees end of file
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        worker.join(5)
+    hung = False
+
+    def release(signum: int, frame: object) -> None:  # a writer opens and closes the FIFO: the read sees EOF
+        nonlocal hung
+        hung = True
+        with contextlib.suppress(OSError):  # ENXIO when the reader is blocked in open(), not read()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    previous = signal.signal(signal.SIGALRM, release)
+    signal.setitimer(signal.ITIMER_REAL, 3)
+    try:
+        bench.intake.scan(bench.now)  # in this thread: the store is not shared across threads
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     (bench.layout.incoming / name).unlink(missing_ok=True)
     assert not hung, "the intake blocked on a FIFO named by agent_config"
     assert stat.S_ISFIFO(fifo.stat().st_mode)
