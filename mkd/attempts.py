@@ -850,6 +850,15 @@ class AttemptRunner:
                 else f"attempt {attempt.number} ended while mkd was down"
             )
             self._event(attempt.job_id, "restore", message)
+            if job.state in (JobState.QUEUED, JobState.RETRY_WAIT):
+                # killed between the attempt's row (or shim) and marking the job running: say what is true
+                self._set_state(
+                    job,
+                    JobState.RUNNING,
+                    f"attempt {attempt.number} ({attempt.stage_label}) was started just before mkd stopped",
+                    plan=attempt.params,
+                    next_attempt_at=None,
+                )
 
     def _handle_for(self, attempt: AttemptRecord) -> ShimHandle | None:
         """The attempt's shim: recorded in the store, or (killed before recording it) found by its argv."""
