@@ -2,9 +2,16 @@
 
 This is the only module that imports prometheus_client.  Nothing is
 registered at import: make_registry(get_view) builds a fresh registry holding
-one collector, which asks get_view() for the current snapshot on each scrape
+one collector, which asks get_view() for the current snapshot on each collect
 and keeps no metric state of its own.  MetricsServer serves a registry over
 HTTP (bind 127.0.0.1 unless told otherwise).
+
+Rendering the text is most of a scrape's cost (~13 ms with 8 GPUs and 50
+jobs), and the daemon publishes a new view about once a second, whatever the
+scrape rate.  So the server renders once per published view: Exposition keeps
+the bytes of the view it last rendered (per format, gzipped or not) and serves
+them until get_view() returns another object.  The bytes are prometheus_client's
+own encoders' output, the same as an uncached scrape of the same view.
 
 Labels: the job label is ``job_id`` (Prometheus renames a scraped ``job`` label
 to ``exported_job``); ``gpu`` is the NVML index, as in dcgm-exporter.
@@ -59,14 +66,19 @@ All metric names:
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.process_collector import ProcessCollector
 
 from mkd.gpus import GpuReading, GpuSample
@@ -216,8 +228,15 @@ def _gpu_families(view: DaemonView) -> Iterator[Metric]:
     yield procs
 
 
+def families(view: DaemonView) -> Iterator[Metric]:
+    """Every mkd metric family for one view."""
+    yield from _daemon_families(view)
+    yield from _job_families(view.jobs)
+    yield from _gpu_families(view)
+
+
 class MkdCollector:
-    """Renders the DaemonView that get_view() returns at scrape time."""
+    """Renders the DaemonView that get_view() returns at collect time."""
 
     def __init__(self, get_view: GetView) -> None:
         self._get_view = get_view
@@ -227,34 +246,162 @@ class MkdCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        view = self._get_view()
-        yield from _daemon_families(view)
-        yield from _job_families(view.jobs)
-        yield from _gpu_families(view)
+        return families(self._get_view())
 
 
-def make_registry(get_view: GetView, *, process_metrics: bool = False) -> CollectorRegistry:
+class _OneView:
+    """A collector of one fixed view: what Exposition renders, so the bytes match the view they are cached for."""
+
+    def __init__(self, view: DaemonView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self._view)
+
+
+class MkdRegistry(CollectorRegistry):
+    """The registry make_registry builds: mkd's collector (and the process_* metrics if asked).
+
+    It remembers get_view, so Exposition can tell when the published view changed."""
+
+    def __init__(self, get_view: GetView, *, process_metrics: bool = False) -> None:
+        super().__init__(auto_describe=False)
+        self.get_view = get_view
+        self.process_metrics = process_metrics
+        self.register(MkdCollector(get_view))
+        if process_metrics:
+            ProcessCollector(registry=self)
+
+
+def make_registry(get_view: GetView, *, process_metrics: bool = False) -> MkdRegistry:
     """A fresh registry with mkd's collector (and the process_* metrics if asked)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(MkdCollector(get_view))
-    if process_metrics:
-        ProcessCollector(registry=registry)
-    return registry
+    return MkdRegistry(get_view, process_metrics=process_metrics)
+
+
+Headers = tuple[tuple[str, str], ...]
+_ACCEPTS_KEPT = 32  # distinct Accept headers remembered; a scraper sends the same one every time
+
+
+class Exposition:
+    """The /metrics response for a registry, rendered once per published view.
+
+    body() asks get_view() for the current view at every call (the daemon's attribute:
+    cheap).  While that is the same object as last time, the bytes already rendered for it
+    in the format the client asked for are returned again; a new view drops them all.  A
+    registry with the process_* metrics (values of the moment), another kind of registry,
+    or a name[] filter in the query is rendered at every call, as prometheus_client does."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._get_view: GetView | None = None
+        if isinstance(registry, MkdRegistry) and not registry.process_metrics:
+            self._get_view = registry.get_view
+        self._lock = threading.Lock()
+        self._view: DaemonView | None = None
+        self._bodies: dict[tuple[str, bool], tuple[bytes, Headers]] = {}
+        self._encoders: dict[str, tuple[Callable[[Any], bytes], str]] = {}
+        self.renders = 0  # how many times the text was rendered (tests read it)
+
+    def body(self, accept: str | None, accept_encoding: str | None, query: str = "") -> tuple[bytes, Headers]:
+        """The bytes and headers to answer a GET with (query: the URL's, for its name[] filter)."""
+        zipped = gzip_accepted(accept_encoding or "")
+        names = parse_qs(query).get("name[]") if query else None
+        with self._lock:  # one render per view and format, even when scrapes come together
+            encoder, content_type = self._encoder(accept or "")
+            if names is not None or self._get_view is None:
+                registry = self._registry.restricted_registry(names) if names is not None else self._registry
+                self.renders += 1
+                return _headed(encoder(registry), content_type, zipped)
+            view = self._get_view()
+            if view is not self._view:
+                self._view, self._bodies = view, {}
+            found = self._bodies.get((content_type, zipped))
+            if found is None:
+                plain = self._bodies.get((content_type, False))
+                if plain is None:
+                    self.renders += 1
+                    plain = _headed(encoder(_OneView(view)), content_type, False)
+                    self._bodies[(content_type, False)] = plain
+                found = _headed(plain[0], content_type, True) if zipped else plain
+                self._bodies[(content_type, zipped)] = found
+            return found
+
+    def _encoder(self, accept: str) -> tuple[Callable[[Any], bytes], str]:
+        """prometheus_client's choice of format for an Accept header, remembered."""
+        found = self._encoders.get(accept)
+        if found is None:
+            if len(self._encoders) >= _ACCEPTS_KEPT:
+                self._encoders.clear()
+            found = self._encoders[accept] = choose_encoder(accept)
+        return found
+
+
+def _headed(output: bytes, content_type: str, zipped: bool) -> tuple[bytes, Headers]:
+    if zipped:
+        return gzip.compress(output), (("Content-Type", content_type), ("Content-Encoding", "gzip"))
+    return output, (("Content-Type", content_type),)
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per request, like prometheus_client's server; the handler finds the exposition here."""
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, exposition: Exposition) -> None:
+        self.address_family = family  # read by the constructor below to make the socket
+        self.exposition = exposition
+        super().__init__(address, _MetricsHandler)
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """GET on any path but /favicon.ico: the exposition; OPTIONS: what is allowed; other methods:
+    405.  The answers of prometheus_client's own server, minus its per-request WSGI layer."""
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if unquote(path, "iso-8859-1") == "/favicon.ico":
+            self._send(200, b"", ())
+            return
+        server = self.server
+        assert isinstance(server, _Server)
+        body, headers = server.exposition.body(self.headers.get("Accept"), self.headers.get("Accept-Encoding"), query)
+        self._send(200, body, headers)
+
+    def do_OPTIONS(self) -> None:
+        self._send(200, b"", (("Allow", "OPTIONS,GET"),))
+
+    def _not_allowed(self) -> None:
+        body = f"# HTTP 405 Method Not Allowed: {self.command}; use OPTIONS or GET\n".encode()
+        self._send(405, body, (("Allow", "OPTIONS,GET"),))
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _not_allowed
+
+    def _send(self, status: int, body: bytes, headers: Headers) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log."""
 
 
 class MetricsServer:
     """Serves a registry on /metrics from a background thread."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-        self._server: Any = None
+        self.exposition = Exposition(registry)
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on host:port; port 0 picks a free port (see .port)."""
+        """Listen on host:port (an IPv6 address too); port 0 picks a free port (see .port)."""
         if self._server is not None:
             raise RuntimeError("metrics server already started")
-        self._server, self._thread = start_http_server(port, addr=host, registry=self._registry)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self._server = _Server((str(address[0]), port), family, self.exposition)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mkd-metrics", daemon=True)
+        self._thread.start()
 
     @property
     def port(self) -> int:

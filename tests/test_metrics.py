@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from mkd import metrics
 from mkd.gpus import MIB, GpuProcess, GpuReading, GpuSample, attribute_processes
-from mkd.metrics import MetricsServer, jobs_for_export, make_registry, write_hpc_job_mapping
+from mkd.metrics import Exposition, MetricsServer, jobs_for_export, make_registry, write_hpc_job_mapping
 from mkd.snapshot import JOB_STATES, DaemonView, JobView, count_by_state
 from tests.nvml_fixtures import build_fake_nvml, nvml_env, sample_once
 
@@ -291,6 +294,123 @@ def test_server_stop_closes_the_port() -> None:
         pass
     with pytest.raises(RuntimeError):
         _ = srv.port
+
+
+def test_a_published_view_is_rendered_once_and_a_new_one_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    current = [view(queue_length=1)]
+    expected = generate_latest(make_registry(lambda: current[0]))
+    rendered: list[DaemonView] = []
+    families = metrics.families
+
+    def counting(v: DaemonView) -> Iterator[metrics.Metric]:
+        rendered.append(v)
+        return families(v)
+
+    monkeypatch.setattr(metrics, "families", counting)
+    exposition = Exposition(make_registry(lambda: current[0]))
+
+    first, headers = exposition.body(None, None)
+    again, _ = exposition.body(None, None)
+    assert first == expected
+    assert again is first  # the same bytes, served again
+    assert rendered == [current[0]]  # the collector ran once
+    assert headers == (("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),)
+
+    current[0] = view(queue_length=9)
+    third, _ = exposition.body(None, None)
+    assert len(rendered) == 2
+    assert value(parse(third.decode()), "mkd_queue_length") == 9
+    assert exposition.renders == 2
+
+
+def test_each_format_is_rendered_once_per_view_and_gzip_reuses_it() -> None:
+    fixed = view()
+    exposition = Exposition(make_registry(lambda: fixed))
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    plain, _ = exposition.body(None, None)
+    om, om_headers = exposition.body(openmetrics, None)
+    zipped, zipped_headers = exposition.body(openmetrics, "gzip, deflate")
+    assert exposition.body(openmetrics, "gzip")[0] is zipped
+    assert exposition.renders == 2  # text and OpenMetrics; the gzipped one is compressed from the second
+    assert om.endswith(b"# EOF\n") and not plain.endswith(b"# EOF\n")
+    assert gzip.decompress(zipped) == om
+    assert dict(zipped_headers) == {**dict(om_headers), "Content-Encoding": "gzip"}
+
+
+def test_process_metrics_are_rendered_at_every_scrape() -> None:
+    fixed = view()
+    exposition = Exposition(make_registry(lambda: fixed, process_metrics=True))
+    exposition.body(None, None)
+    body, _ = exposition.body(None, None)
+    assert exposition.renders == 2
+    assert "process_cpu_seconds_total" in names(parse(body.decode()))
+
+
+REQUESTS: list[tuple[str, str, dict[str, str]]] = [
+    ("GET", "/metrics", {}),
+    ("GET", "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}),
+    ("GET", "/metrics", {"Accept": "application/openmetrics-text"}),
+    ("GET", "/metrics", {"Accept": "text/plain; version=1.0.0; escaping=allow-utf-8"}),
+    ("GET", "/metrics", {"Accept-Encoding": "gzip"}),
+    ("GET", "/", {}),
+    ("GET", "/metrics?name[]=mkd_up&name[]=mkd_queue_length", {}),
+    ("GET", "/favicon.ico", {}),
+    ("OPTIONS", "/metrics", {}),
+    ("POST", "/metrics", {}),
+]
+
+
+def _fetch(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, got, body = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, got, body = error.code, dict(error.headers), error.read()
+    if got.get("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+    return status, {k: v for k, v in got.items() if k in ("Content-Type", "Content-Encoding", "Allow")}, body
+
+
+@pytest.fixture(scope="module")
+def both_servers() -> Iterator[tuple[int, int]]:
+    """mkd's server and prometheus_client's own, serving one fixed view: (ours, theirs) ports."""
+    fixed = view()
+    ours = MetricsServer(make_registry(lambda: fixed))
+    ours.start("127.0.0.1", 0)
+    theirs, thread = start_http_server(0, addr="127.0.0.1", registry=make_registry(lambda: fixed))
+    try:
+        yield ours.port, theirs.server_port
+    finally:
+        ours.stop()
+        theirs.shutdown()
+        theirs.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(("method", "path", "headers"), REQUESTS, ids=[f"{m} {p} {h}" for m, p, h in REQUESTS])
+def test_the_server_answers_as_prometheus_clients_own(
+    both_servers: tuple[int, int], method: str, path: str, headers: dict[str, str]
+) -> None:
+    ours, theirs = both_servers
+    expected = _fetch(theirs, method, path, headers)
+    assert _fetch(ours, method, path, headers) == expected
+    assert _fetch(ours, method, path, headers) == expected  # from the cache
+
+
+def test_scrapes_of_one_view_over_http_render_it_once() -> None:
+    current = [view(queue_length=1)]
+    srv = MetricsServer(make_registry(lambda: current[0]))
+    srv.start("127.0.0.1", 0)
+    try:
+        bodies = [_fetch(srv.port, "GET", "/metrics", {})[2] for _ in range(3)]
+        assert srv.exposition.renders == 1
+        assert bodies[0] == bodies[1] == bodies[2]
+        current[0] = view(queue_length=9)
+        assert value(parse(_fetch(srv.port, "GET", "/metrics", {})[2].decode()), "mkd_queue_length") == 9
+        assert srv.exposition.renders == 2
+    finally:
+        srv.stop()
 
 
 def test_metrics_from_the_fake_nvml() -> None:
