@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 from mkd.fsutil import atomic_write_json, read_json
 from mkd.procs import group_members, is_same_process, signal_group, signal_process, start_ticks
 from mkd.sdnotify import without_notify_vars
+
+# The folder that holds the mkd package the daemon runs: the shim imports mkd from it.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,8 @@ class Engine:
         )
         pid = os.posix_spawn(
             self.python,
-            [self.python, "-m", "mkd.shim", str(attempt_dir)],
-            without_notify_vars(os.environ),  # only the daemon talks to systemd
+            shim_argv(self.python, attempt_dir),
+            shim_env(os.environ),
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (
@@ -156,6 +160,25 @@ class Engine:
         """Forget the shims; they and their runs keep going without the daemon."""
         self.reap()
         self._children.clear()
+
+
+def shim_argv(python: str, attempt_dir: Path) -> list[str]:
+    """The shim's command line. -S: no site (its .pth files, an editable install's finder),
+    which took most of the shim's start-up, the path to "running"; the shim needs the
+    standard library and mkd only, found through shim_env's PYTHONPATH. -P: not the cwd
+    first on sys.path. The line ends `-m mkd.shim ATTEMPT_DIR`, how a restarted daemon
+    finds a shim it started but never recorded (mkd.procs.find_by_argv_tail)."""
+    return [python, "-S", "-P", "-m", "mkd.shim", str(attempt_dir)]
+
+
+def shim_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The shim's environment: the daemon's, without systemd's notify variables (only the
+    daemon talks to systemd), with the daemon's own mkd first on PYTHONPATH (see shim_argv).
+    The run itself gets the environment in launch.json, not this one."""
+    env = without_notify_vars(environ)
+    inherited = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + inherited if inherited else "")
+    return env
 
 
 def _exit_record(attempt_dir: Path) -> ExitRecord | None:

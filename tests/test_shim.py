@@ -1,9 +1,9 @@
 """The per-attempt shim (mkd.shim) through mkd.engine.Engine, without a daemon.
 
-The shim starts runs with os.posix_spawn, not subprocess: these tests pin what the run
-gets (its own session, default signals, nothing blocked, stdin from /dev/null, stdout and
-stderr in the console log, cwd, exactly its environment, no inherited descriptors, the
-run's PATH), the records it writes, and how a start fails.
+The shim starts runs with os.posix_spawn, not subprocess, and runs under python -S: these
+tests pin what the run gets (its own session, default signals, nothing blocked, stdin from
+/dev/null, stdout and stderr in the console log, cwd, exactly its environment, no
+inherited descriptors, the run's PATH), the records it writes, and how a start fails.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
+from mkd.engine import _PACKAGE_PARENT, Engine, ExitRecord, LaunchSpec, ShimHandle, shim_argv, shim_env
 from mkd.procs import find_by_argv_tail, start_ticks
 from mkd.shim import rotate
 from tests.harness import wait_for
@@ -181,6 +181,15 @@ def test_start_failures_are_recorded_as_subprocess_words_them(engine: Engine, tm
         record = finish(engine, attempt, handle)
         assert record.spawn_error == message, name
         assert not (attempt / "child.json").exists()
+
+
+def test_shim_command_line_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = shim_argv("/venv/bin/python", Path("/runs/a/1"))
+    assert argv[0] == "/venv/bin/python" and "-S" in argv and argv[-3:] == ["-m", "mkd.shim", "/runs/a/1"]
+    env = shim_env({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "PYTHONPATH": "/extra", "HOME": "/h"})
+    assert env == {"PYTHONPATH": f"{_PACKAGE_PARENT}{os.pathsep}/extra", "HOME": "/h"}
+    assert shim_env({})["PYTHONPATH"] == _PACKAGE_PARENT
+    assert (Path(_PACKAGE_PARENT) / "mkd" / "shim.py").is_file()
 
 
 def test_rotate_copies_then_truncates_and_shifts_the_backups(tmp_path: Path) -> None:
