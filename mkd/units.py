@@ -1,75 +1,19 @@
-"""Durations ("90s", "10m", "1h30m") and sizes ("8GiB") as they are written in TOML files.
+"""Durations and sizes as pydantic types, for the job file and the daemon config.
 
-Job files and the daemon config carry their units in the text, so a reader never has to
-guess whether `timeout = 600` meant seconds or minutes.
+The parsing is in mkd.quantities (no pydantic there); its functions are also importable
+from here.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
-_SIZE_UNITS = {
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KiB": 2**10,
-    "MiB": 2**20,
-    "GiB": 2**30,
-    "TiB": 2**40,
-}
+from mkd.quantities import format_duration, parse_duration, parse_size
 
-
-def parse_duration(value: Any) -> timedelta:
-    """Parse "90s", "10m", "2h", "1h30m", "500ms"; a timedelta passes through."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f'a duration is a string with a unit, such as "90s", "10m" or "2h" (got {value!r})')
-    text = value.strip()
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f'cannot read {value!r} as a duration; write it like "90s", "10m", "2h" or "1h30m"')
-    try:
-        return timedelta(seconds=total)
-    except OverflowError:
-        raise ValueError(f"{value!r} is too long a duration (at most {timedelta.max.days} days)") from None
-
-
-def parse_size(value: Any) -> int:
-    """Parse "8GiB", "512MiB", "2GB" into bytes."""
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f'a size is a string with a unit, such as "8GiB" or "512MiB" (got {value!r})')
-    match = _SIZE.fullmatch(value.strip())
-    if not match:
-        raise ValueError(f'cannot read {value!r} as a size; write it like "8GiB", "512MiB" or "2GB"')
-    size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
-    if not size < 2**63:
-        raise ValueError(f"{value!r} is too large a size")
-    return int(size)
-
-
-def format_duration(delta: timedelta) -> str:
-    """The shortest exact spelling of a duration, for docs and round trips."""
-    seconds = delta.total_seconds()
-    for unit, factor in (("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= factor and seconds % factor == 0:
-            return f"{int(seconds // factor)}{unit}"
-    return f"{round(seconds * 1000)}ms"
-
+__all__ = ["ByteSize", "Duration", "format_duration", "parse_duration", "parse_size"]
 
 Duration = Annotated[
     timedelta,
