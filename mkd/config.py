@@ -7,15 +7,14 @@ no flags works from a checkout.
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import timedelta
 from importlib import resources
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from mkd.layout import Layout as Layout  # where it lives now; imported from here by most modules
 from mkd.spec import Frozen, Retry, Watch
 from mkd.units import ByteSize, Duration
 
@@ -80,35 +79,6 @@ class DaemonConfig(Frozen):
         if preset is not None and preset not in self.nccl_presets:
             raise ValueError(f"retry.apply_nccl_preset_on_failure = {preset!r} names no preset in [nccl_presets]")
         return self
-
-
-class Layout:
-    """Absolute paths derived from a config and a base directory."""
-
-    def __init__(self, config: DaemonConfig, base: Path) -> None:
-        def resolve(p: str) -> Path:
-            path = Path(os.path.expanduser(p))
-            return path if path.is_absolute() else (base / path)
-
-        self.base = base
-        self.state_dir = resolve(config.paths.state_dir)
-        self.jobs_dir = resolve(config.paths.jobs_dir)
-        self.runs_dir = resolve(config.paths.runs_dir)
-        self.mimickit_dir = resolve(config.mimickit_dir)
-        self.incoming = self.jobs_dir / "incoming"
-        self.rejected = self.jobs_dir / "rejected"
-        self.control = self.jobs_dir / "control"
-        self.claimed = self.state_dir / "claimed"
-        self.db = self.state_dir / "mkd.sqlite3"
-        self.lock = self.state_dir / "mkd.lock"
-
-    def state_folder(self, state: str) -> Path:
-        """Where the job file of a job in this state is mirrored for people."""
-        return self.jobs_dir / state
-
-    def create(self) -> None:
-        for path in (self.state_dir, self.incoming, self.rejected, self.control, self.claimed, self.runs_dir):
-            path.mkdir(parents=True, exist_ok=True)
 
 
 def default_config_text() -> str:
