@@ -11,13 +11,14 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mkd.fsutil import read_json
-from mkd.mimickit.results import check_train_artifacts
-from mkd.snapshot import DaemonView
-from mkd.spec import JobSpec
 from mkd.store import AttemptRecord, Event, JobRecord
+
+if TYPE_CHECKING:  # `mkd status` imports this module for attempt_dict: no pydantic (mkd.spec) here
+    from mkd.snapshot import DaemonView
+    from mkd.spec import JobSpec
 
 
 def status_line(view: DaemonView) -> str:
@@ -110,6 +111,8 @@ def _stage_attempts(attempts: list[AttemptRecord], label: str) -> list[AttemptRe
 
 def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> dict[str, str]:
     """The runbook's output checklist as ordered key/value lines."""
+    from mkd.mimickit.results import check_train_artifacts
+
     items: dict[str, str] = {"job": job.job_id, "state": f"{job.state.value} ({job.reason})"}
     results: dict[str, Any] = job.stage_data.get("results", {})
     for index, stage in enumerate(spec.effective_stages):
