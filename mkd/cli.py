@@ -8,18 +8,25 @@ the store's only writer.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from mkd.config import DaemonConfig, Layout, default_config_text
 from mkd.fsutil import atomic_write
-from mkd.jobfile import JobFileError, load_job_file, load_text
+from mkd.layout import Layout, layout_from_text
 from mkd.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from mkd.config import DaemonConfig
+
+# Imports: `mkd status` and the other commands that need only the layout (LayoutCommand)
+# load argparse, sqlite3, the store and mkd.layout, not pydantic (mkd.config, mkd.jobfile),
+# which was most of a `mkd status`; see quick_layout. Modules only one command needs are
+# imported in that command.
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -27,18 +34,42 @@ EXIT_NOT_FOUND = 3
 
 
 HOST_CONFIG = Path("/etc/mkd/mkd.toml")
+EMBEDDED_CONFIG = Path(__file__).with_name("defaults") / "mkd.toml"  # default_config_text()'s file
+
+
+def config_path(path: str | None) -> str | None:
+    """The config file to read: `path`, else $MKD_CONFIG, else /etc/mkd/mkd.toml of a host
+    install; None: the embedded defaults, based in the current directory."""
+    return path or os.environ.get("MKD_CONFIG") or (str(HOST_CONFIG) if HOST_CONFIG.is_file() else None)
 
 
 def load_config(path: str | None) -> tuple[DaemonConfig, Layout]:
     """The config at `path`, else $MKD_CONFIG, else /etc/mkd/mkd.toml of a host install,
     else the embedded defaults based in the current directory."""
-    path = path or os.environ.get("MKD_CONFIG") or (str(HOST_CONFIG) if HOST_CONFIG.is_file() else None)
+    from mkd.config import DaemonConfig, default_config_text
+    from mkd.jobfile import load_text
+
+    path = config_path(path)
     if path:
         file = Path(path)
         config = load_text(DaemonConfig, file.read_text(encoding="utf-8"), file.name)
         return config, Layout(config, file.resolve().parent)
     config = load_text(DaemonConfig, default_config_text(), "mkd.toml (embedded defaults)")
     return config, Layout(config, Path.cwd())
+
+
+def quick_layout(path: str | None) -> Layout | None:
+    """The Layout that load_config(path) gives, read without validating the config with
+    pydantic when mkd.layout can vouch for every key in it; None otherwise (then
+    load_config reads it again and reports what is wrong, if anything)."""
+    try:
+        path = config_path(path)
+        if path:
+            file = Path(path)
+            return layout_from_text(file.read_text(encoding="utf-8"), file.resolve().parent)
+        return layout_from_text(EMBEDDED_CONFIG.read_text(encoding="utf-8"), Path.cwd())
+    except Exception:  # unreadable, not UTF-8, ...: load_config says so
+        return None
 
 
 def _open_store(layout: Layout) -> Store | None:
@@ -52,6 +83,7 @@ def _open_store(layout: Layout) -> Store | None:
 
 def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
     import faulthandler
+    import logging
 
     from mkd.daemon import AlreadyRunning, Daemon
 
@@ -62,8 +94,7 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
         stream=sys.stderr,
     )
     logging.getLogger("watchdog").setLevel(logging.WARNING)  # its inotify events would flood debug logs
-    path = getattr(args, "config", None) or os.environ.get("MKD_CONFIG")
-    path = path or (str(HOST_CONFIG) if HOST_CONFIG.is_file() else None)
+    path = config_path(getattr(args, "config", None))
     daemon = Daemon(config, layout, reload=(lambda: load_config(path)[0]) if path else None)
     try:
         daemon.open()
@@ -74,6 +105,8 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
 
 
 def cmd_validate(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.jobfile import JobFileError, load_job_file
+
     status = 0
     for name in args.files:
         try:
@@ -90,6 +123,8 @@ def cmd_validate(args: argparse.Namespace, config: DaemonConfig, layout: Layout)
 
 
 def cmd_submit(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+    from mkd.jobfile import JobFileError, load_job_file
+
     source = Path(args.file)
     try:
         spec = load_job_file(source)
@@ -107,7 +142,7 @@ def cmd_submit(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -
     return 0
 
 
-def cmd_status(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+def cmd_status(args: argparse.Namespace, layout: Layout) -> int:
     from mkd import status_view
 
     store = _open_store(layout)
@@ -120,14 +155,14 @@ def cmd_status(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -
         return status_view.show_table(store, as_json=args.json, show_all=args.all)
 
 
-def cmd_cancel(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+def cmd_cancel(args: argparse.Namespace, layout: Layout) -> int:
     layout.control.mkdir(parents=True, exist_ok=True)
     atomic_write(layout.control / f"{args.job}.cancel", f"requested at {time.time():.3f}\n")
     print(f"cancel requested for {args.job} (control file jobs/control/{args.job}.cancel)")
     return 0
 
 
-def cmd_shutdown(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+def cmd_shutdown(args: argparse.Namespace, layout: Layout) -> int:
     layout.control.mkdir(parents=True, exist_ok=True)
     name = "shutdown-stop-runs" if args.stop_runs else "shutdown"
     atomic_write(layout.control / name, "")
@@ -136,7 +171,7 @@ def cmd_shutdown(args: argparse.Namespace, config: DaemonConfig, layout: Layout)
     return 0
 
 
-def cmd_report(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+def cmd_report(args: argparse.Namespace, layout: Layout) -> int:
     store = _open_store(layout)
     job = store.find_job(args.job) if store else None
     if job is None:
@@ -150,7 +185,7 @@ def cmd_report(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -
     return EXIT_NOT_FOUND
 
 
-def cmd_logs(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+def cmd_logs(args: argparse.Namespace, layout: Layout) -> int:
     from mkd import status_view
 
     store = _open_store(layout)
@@ -161,7 +196,7 @@ def cmd_logs(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> 
         return status_view.show_logs(store, args.job, follow=args.follow, attempt=args.attempt)
 
 
-def cmd_gpus(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
+def cmd_gpus(args: argparse.Namespace, layout: Layout) -> int:
     from mkd.gpus import GpuSampler, format_gpus_table
 
     holders: dict[str, str] = {}
@@ -208,7 +243,8 @@ class _closing:
 
 # --- parser ----------------------------------------------------------------------------
 
-Command = Callable[[argparse.Namespace, DaemonConfig, Layout], int]
+Command: TypeAlias = "Callable[[argparse.Namespace, DaemonConfig, Layout], int]"
+LayoutCommand: TypeAlias = Callable[[argparse.Namespace, Layout], int]  # needs only where the files are
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,9 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Command | LayoutCommand, help: str, *, layout_only: bool = False
+    ) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help, description=help)
-        cmd.set_defaults(func=func)
+        cmd.set_defaults(**{"layout_func" if layout_only else "func": func})
         # also accepted after the command: `mkd run --config FILE`
         cmd.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return cmd
@@ -236,21 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--name", help="file name in incoming (default: [job] name or the file's name)")
     cmd = add("validate", cmd_validate, "check job files; print every problem with its line; exit 1 if any")
     cmd.add_argument("files", nargs="+")
-    cmd = add("status", cmd_status, "table of jobs (or one job with its timeline)")
+    cmd = add("status", cmd_status, "table of jobs (or one job with its timeline)", layout_only=True)
     cmd.add_argument("job", nargs="?")
     cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cmd.add_argument("--all", action="store_true", help="every finished job too, not only the latest 20")
-    cmd = add("logs", cmd_logs, "print a job's console log (latest attempt)")
+    cmd = add("logs", cmd_logs, "print a job's console log (latest attempt)", layout_only=True)
     cmd.add_argument("job")
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing as the run writes")
     cmd.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
-    cmd = add("cancel", cmd_cancel, "cancel a job (drops jobs/control/JOB.cancel)")
+    cmd = add("cancel", cmd_cancel, "cancel a job (drops jobs/control/JOB.cancel)", layout_only=True)
     cmd.add_argument("job")
-    cmd = add("shutdown", cmd_shutdown, "ask the daemon to exit (runs keep going unless --stop-runs)")
+    cmd = add("shutdown", cmd_shutdown, "ask the daemon to exit (runs keep going unless --stop-runs)", layout_only=True)
     cmd.add_argument("--stop-runs", action="store_true", help="stop every run gracefully first")
-    cmd = add("report", cmd_report, "print a job's report.md (the runbook's checklist)")
+    cmd = add("report", cmd_report, "print a job's report.md (the runbook's checklist)", layout_only=True)
     cmd.add_argument("job")
-    add("gpus", cmd_gpus, "GPUs as NVML sees them, and which job holds each")
+    add("gpus", cmd_gpus, "GPUs as NVML sees them, and which job holds each", layout_only=True)
     cmd = add("doctor", cmd_doctor, "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs")
     cmd.add_argument("--mimickit-dir", help="MimicKit checkout to check (default: the config's)")
     cmd = add("explain", cmd_explain, "classify a MimicKit console log: class, evidence, remedy")
@@ -260,19 +298,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _load_config(path: str | None) -> tuple[DaemonConfig, Layout] | int:
+    """load_config(path), or the exit status once the reason it cannot be used is printed."""
+    from mkd.jobfile import JobFileError  # load_config imports it anyway
+
     try:
-        config, layout = load_config(args.config)
+        return load_config(path)
     except JobFileError as error:
         sys.stderr.write("mkd: invalid config:\n" + error.render())
         return EXIT_USAGE
     except OSError as error:
         print(f"mkd: cannot read the config: {error}", file=sys.stderr)
         return EXIT_USAGE
-    func: Command = args.func
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    layout_func: LayoutCommand | None = getattr(args, "layout_func", None)
+    config: DaemonConfig | None = None
+    layout = quick_layout(args.config) if layout_func is not None else None
+    if layout is None:
+        loaded = _load_config(args.config)
+        if isinstance(loaded, int):
+            return loaded
+        config, layout = loaded
     try:
+        if layout_func is not None:
+            return layout_func(args, layout)
+        func: Command = args.func
+        assert config is not None
         return func(args, config, layout)
     except StoreError as error:
         print(f"mkd: {error}", file=sys.stderr)
