@@ -64,10 +64,23 @@ class Signature:
     source: str  # where the text was seen, or "synthesized: ..." with what it was written from
     live: bool = False  # in a running attempt it means "kill now": the real thing would hang
     permanent: bool | None = None  # overrides the class's default
+    # Lower-case texts every match contains (one of them): a cheap `in` test on a whole chunk
+    # of console output before any regex; tests check them against generated matches.
+    needles: tuple[str, ...] = ()
 
 
-def _sig(failure: FailureClass, pattern: str, source: str, **kw: bool) -> Signature:
-    return Signature(failure, re.compile(pattern), source, **kw)
+def _sig(
+    failure: FailureClass,
+    pattern: str,
+    source: str,
+    *,
+    live: bool = False,
+    permanent: bool | None = None,
+    needles: tuple[str, ...],
+) -> Signature:
+    # ASCII: console texts are ASCII, and a needle must hold for every match (Unicode case folding
+    # would let "ſhader" match "shader").
+    return Signature(failure, re.compile(pattern, re.ASCII), source, live=live, permanent=permanent, needles=needles)
 
 
 _F = FailureClass
@@ -76,48 +89,201 @@ _EXC = r"^(?:\[rank\d+\]:\s*)?"  # an exception line, perhaps with torch's rank 
 SIGNATURES: tuple[Signature, ...] = (
     # -- runbook class D: stuck after an NCCL abort. Never provoked for real; the texts are the
     #    runbook's ("Abort COMPLETE", "Cuda failure 2 'out of memory'") in NCCL's WARN/INFO format.
-    _sig(_F.NCCL_ABORT_HANG, r"Abort COMPLETE", "synthesized: runbook class D", live=True),
-    _sig(_F.NCCL_ABORT_HANG, r"NCCL WARN Cuda failure \d+ 'out of memory'", "synthesized: runbook class D", live=True),
+    _sig(_F.NCCL_ABORT_HANG, r"Abort COMPLETE", "synthesized: runbook class D", live=True, needles=("abort complete",)),
+    _sig(
+        _F.NCCL_ABORT_HANG,
+        r"NCCL WARN Cuda failure \d+ 'out of memory'",
+        "synthesized: runbook class D",
+        live=True,
+        needles=("nccl warn cuda failure ",),
+    ),
     # -- CUDA out of memory: three texts seen on H100 (mimickit.md §6.3), plus torch's own allocator.
-    _sig(_F.CUDA_OOM, r"Failed to allocate \d+ bytes on device", "seen: §6.3 row 1, Warp alloc at env build"),
-    _sig(_F.CUDA_OOM, r"Warp CUDA error 2: out of memory", "seen: §6.3 rows 1 and 3, Warp's native stderr line"),
-    _sig(_F.CUDA_OOM, r"CUBLAS_STATUS_ALLOC_FAILED", "seen: §6.3 row 2, first actor forward"),
-    _sig(_F.CUDA_OOM, r"Graph launch error: .*out of memory", "seen: §6.3 row 3, mid-run CUDA graph launch"),
-    _sig(_F.CUDA_OOM, r"CUDA out of memory|OutOfMemoryError", "not seen: torch's allocator text (§6.3 note)"),
-    _sig(_F.CUDA_OOM, r"Cuda failure (?:\d+ )?'out of memory'", "synthesized: NCCL's last-error line in torch reports"),
+    _sig(
+        _F.CUDA_OOM,
+        r"Failed to allocate \d+ bytes on device",
+        "seen: §6.3 row 1, Warp alloc at env build",
+        needles=("failed to allocate ",),
+    ),
+    _sig(
+        _F.CUDA_OOM,
+        r"Warp CUDA error 2: out of memory",
+        "seen: §6.3 rows 1 and 3, Warp's native stderr line",
+        needles=("warp cuda error 2: out of memory",),
+    ),
+    _sig(
+        _F.CUDA_OOM,
+        r"CUBLAS_STATUS_ALLOC_FAILED",
+        "seen: §6.3 row 2, first actor forward",
+        needles=("cublas_status_alloc_failed",),
+    ),
+    _sig(
+        _F.CUDA_OOM,
+        r"Graph launch error: .*out of memory",
+        "seen: §6.3 row 3, mid-run CUDA graph launch",
+        needles=("graph launch error: ",),
+    ),
+    _sig(
+        _F.CUDA_OOM,
+        r"CUDA out of memory|OutOfMemoryError",
+        "not seen: torch's allocator text (§6.3 note)",
+        needles=("cuda out of memory", "outofmemoryerror"),
+    ),
+    _sig(
+        _F.CUDA_OOM,
+        r"Cuda failure (?:\d+ )?'out of memory'",
+        "synthesized: NCCL's last-error line in torch reports",
+        needles=("cuda failure ",),
+    ),
     # -- runbook class A: a start-up failure of a multi-device run. A spawn child's traceback
     #    starts with "Process Process-N:" and the root then waits for it forever (§6.2, §6.3 class A).
-    _sig(_F.STARTUP_MULTI_DEVICE, r"^Process (?:\w+)?Process-\d+:", "seen: §6.2 and §6.3 class A, rank 1", live=True),
-    _sig(_F.STARTUP_MULTI_DEVICE, r"DistBackendError", "synthesized: torch DistBackendError on NCCL init"),
-    _sig(_F.STARTUP_MULTI_DEVICE, r"nccl(?:UnhandledCuda|System|Internal|Remote)Error", "synthesized: NCCL"),
+    _sig(
+        _F.STARTUP_MULTI_DEVICE,
+        r"^Process (?:\w+)?Process-\d+:",
+        "seen: §6.2 and §6.3 class A, rank 1",
+        live=True,
+        needles=("process-",),
+    ),
+    _sig(
+        _F.STARTUP_MULTI_DEVICE,
+        r"DistBackendError",
+        "synthesized: torch DistBackendError on NCCL init",
+        needles=("distbackenderror",),
+    ),
+    _sig(
+        _F.STARTUP_MULTI_DEVICE,
+        r"nccl(?:UnhandledCuda|System|Internal|Remote)Error",
+        "synthesized: NCCL",
+        needles=("ncclunhandledcudaerror", "ncclsystemerror", "ncclinternalerror", "ncclremoteerror"),
+    ),
     # -- master_port taken: rank 0 fails, rank 1 joins the other run's store, never exits (§6.2).
-    _sig(_F.PORT_IN_USE, r"EADDRINUSE|address already in use", "seen: §6.2 master_port already in use", live=True),
+    _sig(
+        _F.PORT_IN_USE,
+        r"EADDRINUSE|address already in use",
+        "seen: §6.2 master_port already in use",
+        live=True,
+        needles=("eaddrinuse", "address already in use"),
+    ),
     # -- the GL viewer: headless machine (seen, §1 `visualize`), WSL/Mesa shaders (runbook Stage 3).
-    _sig(_F.VISUALIZE_GL, r"NoSuchDisplayException", "seen: §6 no --visualize false", permanent=True),
+    _sig(
+        _F.VISUALIZE_GL,
+        r"NoSuchDisplayException",
+        "seen: §6 no --visualize false",
+        permanent=True,
+        needles=("nosuchdisplayexception",),
+    ),
     # seen on the H100 machine (no libGL there): pyglet's ImportError, re-raised by Newton's viewer
-    _sig(_F.VISUALIZE_GL, r'Library "GL" not found', "seen: H100, tests/fixtures/gpu_h100", permanent=True),
-    _sig(_F.VISUALIZE_GL, r"OpenGLRenderer requires pyglet", "seen: H100, tests/fixtures/gpu_h100", permanent=True),
-    _sig(_F.VISUALIZE_GL, r"GLSL 1\.50 is not supported", "runbook Stage 3 (not run here)"),
-    _sig(_F.VISUALIZE_GL, r"(?i:shader ?(?:compil\w*|link\w*) (?:fail|error))|ShaderException", "synthesized"),
+    _sig(
+        _F.VISUALIZE_GL,
+        r'Library "GL" not found',
+        "seen: H100, tests/fixtures/gpu_h100",
+        permanent=True,
+        needles=('library "gl" not found',),
+    ),
+    _sig(
+        _F.VISUALIZE_GL,
+        r"OpenGLRenderer requires pyglet",
+        "seen: H100, tests/fixtures/gpu_h100",
+        permanent=True,
+        needles=("openglrenderer requires pyglet",),
+    ),
+    _sig(
+        _F.VISUALIZE_GL,
+        r"GLSL 1\.50 is not supported",
+        "runbook Stage 3 (not run here)",
+        needles=("glsl 1.50 is not supported",),
+    ),
+    _sig(
+        _F.VISUALIZE_GL,
+        r"(?i:shader ?(?:compil\w*|link\w*) (?:fail|error))|ShaderException",
+        "synthesized",
+        needles=("shader",),
+    ),
     # -- NaN divergence: a loss or return printed as nan in a console table (§6 NaN row).
-    _sig(_F.NAN_DIVERGENCE, r"^\|\s*\w*(?i:loss|return)\w*\s*\|\s*nan\s*\|", "seen: §6 NaN divergence", live=True),
+    _sig(
+        _F.NAN_DIVERGENCE,
+        r"^\|\s*\w*(?i:loss|return)\w*\s*\|\s*nan\s*\|",
+        "seen: §6 NaN divergence",
+        live=True,
+        needles=("nan",),
+    ),
     # -- wrong package versions or builds (§5.1 version failures, §6.2, §6).
-    _sig(_F.ENV_MISMATCH, r"'AttributeNamespace' object has no attribute", "seen: §5.1 newton 1.8.0"),
-    _sig(_F.ENV_MISMATCH, r"module 'warp\.config' has no attribute", "seen: §5.1 newton 1.0.0 + warp 1.19.0"),
-    _sig(_F.ENV_MISMATCH, r"doesn't have NCCL built in", "seen: §6.2 rank 1 on a CPU-only torch"),
-    _sig(_F.ENV_MISMATCH, r"Torch not compiled with CUDA enabled", "seen: §6 default --devices cuda:0 on CPU"),
-    _sig(_F.ENV_MISMATCH, r"Failed to load the shared library .*warp", "seen: §6 ulimit -v 1 GB at Warp init"),
+    _sig(
+        _F.ENV_MISMATCH,
+        r"'AttributeNamespace' object has no attribute",
+        "seen: §5.1 newton 1.8.0",
+        needles=("'attributenamespace' object has no attribute",),
+    ),
+    _sig(
+        _F.ENV_MISMATCH,
+        r"module 'warp\.config' has no attribute",
+        "seen: §5.1 newton 1.0.0 + warp 1.19.0",
+        needles=("module 'warp.config' has no attribute",),
+    ),
+    _sig(
+        _F.ENV_MISMATCH,
+        r"doesn't have NCCL built in",
+        "seen: §6.2 rank 1 on a CPU-only torch",
+        needles=("doesn't have nccl built in",),
+    ),
+    _sig(
+        _F.ENV_MISMATCH,
+        r"Torch not compiled with CUDA enabled",
+        "seen: §6 default --devices cuda:0 on CPU",
+        needles=("torch not compiled with cuda enabled",),
+    ),
+    _sig(
+        _F.ENV_MISMATCH,
+        r"Failed to load the shared library .*warp",
+        "seen: §6 ulimit -v 1 GB at Warp init",
+        needles=("failed to load the shared library ",),
+    ),
     # -- permanent configuration errors: plain tracebacks with rc 1 (§1, §6).
-    _sig(_F.CONFIG_ERROR, _EXC + r"FileNotFoundError: \[Errno 2\]", "seen: §6 arg file / env config / motion / model"),
-    _sig(_F.CONFIG_ERROR, _EXC + r"KeyError: ", "seen: §6 agent yaml without a key"),
-    _sig(_F.CONFIG_ERROR, r"AssertionError: Unsupported (?:agent|mode|logger)", "seen: §6 bad agent_name/mode/logger"),
-    _sig(_F.CONFIG_ERROR, r"ValueError: invalid literal for int\(\)", "seen: §6 --num_envs four"),
-    _sig(_F.CONFIG_ERROR, _EXC + r"IndexError: list index out of range", "seen: §6 bare --visualize"),
+    _sig(
+        _F.CONFIG_ERROR,
+        _EXC + r"FileNotFoundError: \[Errno 2\]",
+        "seen: §6 arg file / env config / motion / model",
+        needles=("filenotfounderror: [errno 2]",),
+    ),
+    _sig(_F.CONFIG_ERROR, _EXC + r"KeyError: ", "seen: §6 agent yaml without a key", needles=("keyerror: ",)),
+    _sig(
+        _F.CONFIG_ERROR,
+        r"AssertionError: Unsupported (?:agent|mode|logger)",
+        "seen: §6 bad agent_name/mode/logger",
+        needles=("assertionerror: unsupported ",),
+    ),
+    _sig(
+        _F.CONFIG_ERROR,
+        r"ValueError: invalid literal for int\(\)",
+        "seen: §6 --num_envs four",
+        needles=("valueerror: invalid literal for int()",),
+    ),
+    _sig(
+        _F.CONFIG_ERROR,
+        _EXC + r"IndexError: list index out of range",
+        "seen: §6 bare --visualize",
+        needles=("indexerror: list index out of range",),
+    ),
     # -- ended by a signal: evidence only, never a cause on its own (§6.1).
-    _sig(_F.KILLED, _EXC + r"KeyboardInterrupt\s*$", "seen: §6.1 SIGINT at default disposition"),
-    _sig(_F.KILLED, r"TCPStore server has shut down too early|Connection closed by peer", "seen: §6.1 orphan rank"),
+    _sig(
+        _F.KILLED,
+        _EXC + r"KeyboardInterrupt\s*$",
+        "seen: §6.1 SIGINT at default disposition",
+        needles=("keyboardinterrupt",),
+    ),
+    _sig(
+        _F.KILLED,
+        r"TCPStore server has shut down too early|Connection closed by peer",
+        "seen: §6.1 orphan rank",
+        needles=("tcpstore server has shut down too early", "connection closed by peer"),
+    ),
     # -- a multi-process root's own traceback: it then hangs joining its children (§6.1 SIGINT to root).
-    _sig(_F.UNKNOWN, r"^\[rank0\]: Traceback \(most recent call last\)", "seen: §6.1 root-only SIGINT", live=True),
+    _sig(
+        _F.UNKNOWN,
+        r"^\[rank0\]: Traceback \(most recent call last\)",
+        "seen: §6.1 root-only SIGINT",
+        live=True,
+        needles=("[rank0]: traceback (most recent call last)",),
+    ),
 )
 
 # When several classes match, the first one here names the cause (most specific first).
@@ -285,18 +451,20 @@ def _decode(exit: ExitInfo | None) -> tuple[str, int | None]:
     return "exit", rc
 
 
-# One pass over each line first: most lines match nothing, and logs run to megabytes.
-_ANY_SIGNATURE = re.compile("|".join(f"(?:{signature.pattern.pattern})" for signature in SIGNATURES))
-
-
 def _hits(lines: Sequence[str]) -> list[_Hit]:
-    return [
-        _Hit(index, line, signature)
-        for index, line in enumerate(lines)
-        if line and _ANY_SIGNATURE.search(line)
-        for signature in SIGNATURES
-        if signature.pattern.search(line)
-    ]
+    """Signature matches, line by line; only the signatures whose needle is in the text are tried
+    (nearly every chunk of a console is a progress table that holds none)."""
+    lowered = "\n".join(lines).lower()
+    candidates = [sig for sig in SIGNATURES if any(needle in lowered for needle in sig.needles)]
+    if not candidates:
+        return []
+    hits = []
+    for index, line in enumerate(lines):
+        low = line.lower()
+        for signature in candidates:
+            if any(needle in low for needle in signature.needles) and signature.pattern.search(line):
+                hits.append(_Hit(index, line, signature))
+    return hits
 
 
 def _first_table_end(lines: Sequence[str]) -> int:

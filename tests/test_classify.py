@@ -6,6 +6,8 @@ import signal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mkd.classify import (
     CAUSE_ORDER,
@@ -13,6 +15,7 @@ from mkd.classify import (
     SIGNATURES,
     ExitInfo,
     FailureClass,
+    Signature,
     classify,
     row_has_nan,
     scan_live,
@@ -249,3 +252,24 @@ def test_the_signature_table_is_complete() -> None:
     synthesized = {s.failure for s in SIGNATURES if s.source.startswith("synthesized")}
     assert F.NCCL_ABORT_HANG in synthesized
     assert all(member.value == member.name.lower() for member in FailureClass)
+
+
+@pytest.mark.parametrize("signature", SIGNATURES, ids=lambda s: s.pattern.pattern[:40])
+def test_every_match_of_a_signature_holds_one_of_its_needles(signature: Signature) -> None:
+    """The needles are a pre-filter: a chunk without any of them is never searched with the regex,
+    so a match lacking every needle would be a failure mkd never sees."""
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(text=st.from_regex(signature.pattern))
+    def check(text: str) -> None:
+        for line in split_lines(text):
+            if signature.pattern.search(line):
+                assert any(needle in line.lower() for needle in signature.needles), (line, signature.needles)
+
+    check()
+
+
+def test_a_signature_line_amid_a_progress_table_is_still_found() -> None:
+    table = "\n".join(f"| Train_Return | {i}.5 |" for i in range(40))
+    hits = scan_live([*table.splitlines(), "NCCL WARN Cuda failure 2 'out of memory'", *table.splitlines()])
+    assert hits is not None and hits.failure is FailureClass.NCCL_ABORT_HANG
