@@ -29,7 +29,7 @@ from mkd.live import LiveAttempt
 from mkd.mimickit.results import check_train_artifacts
 from mkd.mirror import place_job_file
 from mkd.policy import Decision, Observation, decide
-from mkd.procs import find_by_argv_tail, group_members, start_ticks
+from mkd.procs import find_by_argv_tail, read_stat, start_ticks
 from mkd.scheduler import Placement, Request, foreign_bytes, place
 from mkd.snapshot import DaemonView, JobView
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
@@ -48,9 +48,10 @@ from mkd.workload import TRAIN_KINDS, build_command, display_available, stage_ti
 
 log = logging.getLogger("mkd.attempts")
 CONSOLE_TAIL_BYTES = 64 * 1024
-PROGRESS_WRITE_SECONDS = 1.0
-STATUS_WRITE_SECONDS = 5.0
-START_SCAN_SECONDS = 1.0
+PROGRESS_WRITE_SECONDS = 5.0  # progress into the store (mkd status); metrics read it live
+STATUS_WRITE_SECONDS = 10.0  # a live job's status.json; report.md at every state change and each minute
+REPORT_WRITE_SECONDS = 60.0
+START_SCAN_SECONDS = 10.0  # a safety net: pokes and backoff deadlines start jobs sooner
 STOP_ESCALATE_EXTRA_SECONDS = 5.0
 PASSED_EARLY = "probe_passed"
 LIVE_SIGNATURE_CLASSES = frozenset(
@@ -81,10 +82,15 @@ class AttemptRunner:
         self._specs: dict[str, JobSpec] = {}
         self._waiting: dict[str, str] = {}
         self._progress_written: dict[int, float] = {}
+        self._progress_due: list[LiveAttempt] = []
+        self._gpu_generation = 0  # bumped at each GPU reading: keys the owners cache
+        self._owners_cache: tuple[tuple[int, tuple[tuple[int, str], ...]], dict[int, str]] | None = None
         self._status_written: dict[str, float] = {}
+        self._report_written: dict[str, float] = {}
         self._gpu_report_at: dict[str, float] = {}
         self._dirty = True
         self._last_start_scan = -1e9
+        self._next_due_wall: float | None = None  # the earliest backoff that ends after the last start scan
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -155,12 +161,14 @@ class AttemptRunner:
 
     def start_runnable(self, now: float) -> None:
         """Start what can start. Runs when poked, and at least every second (backoffs expire)."""
-        if not self._dirty and now - self._last_start_scan < START_SCAN_SECONDS:
+        due = self._next_due_wall is not None and self.wall() >= self._next_due_wall
+        if not self._dirty and not due and now - self._last_start_scan < START_SCAN_SECONDS:
             return
         self._dirty = False
         self._last_start_scan = now
         wall = self.wall()
         busy = {a.job_id for a in self.live.values()}
+        self._next_due_wall = None
         for job in self.store.jobs(set(LIVE)):
             if job.job_id in busy:
                 continue
@@ -168,6 +176,7 @@ class AttemptRunner:
                 self._set_state(job, JobState.CANCELLED, "cancelled before it started")
                 continue
             if job.next_attempt_at is not None and job.next_attempt_at > wall:
+                self._next_due_wall = min(self._next_due_wall or job.next_attempt_at, job.next_attempt_at)
                 continue
             if len(self.live) >= self.config.max_running:
                 return
@@ -179,6 +188,12 @@ class AttemptRunner:
                 log.exception("job %s: cannot start", job.job_id)
                 self.store.bump("internal_errors_total")
                 self._set_state(job, JobState.FAILED, f"mkd could not start it: {type(error).__name__}: {error}")
+
+    def seconds_until_due(self) -> float | None:
+        """How long until a backoff ends and a job may start (the loop sleeps no longer), or None."""
+        if self._next_due_wall is None:
+            return None
+        return max(0.0, self._next_due_wall - self.wall())
 
     def _start(self, job: JobRecord, now: float) -> None:
         spec = self.spec(job)
@@ -340,17 +355,38 @@ class AttemptRunner:
                 return port
 
     def mkd_pids(self) -> set[int]:
-        pids: set[int] = set()
-        for live in self.live.values():
+        """The pids on a GPU that belong to mkd's runs (see gpu_owners)."""
+        return set(self.gpu_owners())
+
+    def gpu_owners(self) -> dict[int, str]:
+        """GPU process pid -> job_id of the attempt whose process group holds it (workers included).
+
+        Only the few pids NVML reported are looked up in /proc, once per GPU reading and set of
+        runs: a scan of all of /proc per attempt per tick was most of the daemon's CPU.
+        """
+        groups = {pgid: live.job_id for live in self.live.values() if (pgid := self._pgid(live)) is not None}
+        key = (self._gpu_generation, tuple(sorted(groups.items())))
+        if self._owners_cache is not None and self._owners_cache[0] == key:
+            return self._owners_cache[1]
+        owners: dict[int, str] = {}
+        for pid in {p.pid for gpu in self.gpu.gpus for p in gpu.processes}:
+            found = read_stat(pid) if groups else None
+            if found is not None and found.pgid in groups:
+                owners[pid] = groups[found.pgid]
+        self._owners_cache = (key, owners)
+        return owners
+
+    def _pgid(self, live: LiveAttempt) -> int | None:
+        if live.pgid is None:
             child = self.engine.child(live.dir)
-            if child is not None:
-                pids.update(s.pid for s in group_members(child.pgid))
-        return pids
+            live.pgid = child.pgid if child is not None else None
+        return live.pgid
 
     # --- observing --------------------------------------------------------------------------
 
     def observe(self, now: float) -> None:
         self.engine.reap()
+        self._progress_due = []
         for live in list(self.live.values()):
             try:
                 self._observe_one(live, now)
@@ -359,10 +395,11 @@ class AttemptRunner:
             except Exception:  # one broken attempt must not stop the others: log, count, go on
                 log.exception("job %s: error while watching attempt %d", live.job_id, live.attempt_id)
                 self.store.bump("internal_errors_total")
+        self._write_progress()
         for job_id in list(self._status_written):
             if now - self._status_written[job_id] >= STATUS_WRITE_SECONDS and self._live_for(job_id):
                 try:
-                    self.write_status(job_id)
+                    self.write_status(job_id, periodic=True)
                 except OSError as error:
                     log.error("job %s: cannot write status.json: %s", job_id, error)
 
@@ -386,11 +423,24 @@ class AttemptRunner:
     def _grace(self, live: LiveAttempt) -> float:
         return self._spec_of(live.job_id).watch.stop_grace.total_seconds()
 
-    def _record_progress(self, live: LiveAttempt, now: float, force: bool = False) -> None:
-        if not force and now - self._progress_written.get(live.attempt_id, -1e9) < PROGRESS_WRITE_SECONDS:
+    def _record_progress(self, live: LiveAttempt, now: float) -> None:
+        if now - self._progress_written.get(live.attempt_id, -1e9) < PROGRESS_WRITE_SECONDS:
             return
         self._progress_written[live.attempt_id] = now
-        self.store.update_attempt(live.attempt_id, progress=live.progress(), state=AttemptState.RUNNING)
+        self._progress_due.append(live)
+
+    def _write_progress(self) -> None:
+        """Every run's new progress in one transaction (one fsync a tick, not one per run)."""
+        due = [live for live in self._progress_due if live.attempt_id in self.live]
+        self._progress_due = []
+        if not due:
+            return
+        with self.store.batch():
+            for live in due:
+                fields: dict[str, Any] = {"progress": live.progress()}
+                if live.stop_reason is None:  # stopping or ended stays so
+                    fields["state"] = AttemptState.RUNNING
+                self.store.update_attempt(live.attempt_id, **fields)
 
     def _check(self, live: LiveAttempt, lines: list[str], rows: list[Any], now: float) -> None:
         """Signatures that mean "stop it now", NaN, and the clocks: stage timeout, start-up, stall."""
@@ -880,6 +930,7 @@ class AttemptRunner:
 
     def on_gpu_reading(self, reading: GpuReading, now: float) -> None:
         self.gpu = reading
+        self._gpu_generation += 1
         by_uuid = {g.uuid: g for g in reading.gpus}
         for live in self.live.values():
             found = [by_uuid[u].utilization_pct for u in live.gpu_uuids if u in by_uuid]
@@ -908,23 +959,33 @@ class AttemptRunner:
     def holders_by_index(self) -> dict[int, str]:
         return {i: live.job_id for live in self.live.values() for i in live.gpu_indices}
 
-    def write_status(self, job_id: str) -> None:
-        """runs/<job>/status.json and report.md, the people's view of one job."""
+    def write_status(self, job_id: str, *, periodic: bool = False) -> None:
+        """runs/<job>/status.json and report.md, the people's view of one job.
+
+        A state change writes both, durably. The periodic refresh of a live job (status.json every
+        10 s, report.md every minute) skips fsync: the files are rebuilt from the store, and 20
+        runs' renders and fsyncs every few seconds were a good part of the daemon's CPU.
+        """
         job = self.store.get_job(job_id)
         if job is None:
             return
-        self._status_written[job_id] = self.clock()
+        clock = self.clock()
+        self._status_written[job_id] = clock
+        report_due = not periodic or clock - self._report_written.get(job_id, -1e9) >= REPORT_WRITE_SECONDS
         if job.state.finished:
             self._status_written.pop(job_id, None)
+            self._report_written.pop(job_id, None)
+        elif report_due:
+            self._report_written[job_id] = clock
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         attempts = self.store.attempts(job_id)
         live = self._live_for(job_id)
         status = report.status_dict(job, self.spec(job), attempts, live.progress() if live else None, self.wall())
-        atomic_write_json(folder / "status.json", status)
-        atomic_write(
-            folder / "report.md", report.render_report(job, self.spec(job), attempts, self.store.events(job_id))
-        )
+        atomic_write_json(folder / "status.json", status, durable=not periodic)
+        if report_due:
+            text = report.render_report(job, self.spec(job), attempts, self.store.events(job_id))
+            atomic_write(folder / "report.md", text, durable=not periodic)
 
     def view(self, now: float, started_at: float, tick_seconds: float) -> DaemonView:
         jobs: list[JobView] = []
@@ -936,7 +997,7 @@ class AttemptRunner:
             jobs.append(self._job_view(job, now, summaries.get(job.job_id, {})))
         counters = self.store.counters()
         by_state = self.store.count_by_state()
-        owners = {pid: live.job_id for live in self.live.values() for pid in self._pids(live)}
+        owners = self.gpu_owners()
         return DaemonView(
             started_at=started_at,
             jobs=tuple(jobs),
@@ -953,12 +1014,8 @@ class AttemptRunner:
             tick_seconds=tick_seconds,
         )
 
-    def _pids(self, live: LiveAttempt) -> set[int]:
-        child = self.engine.child(live.dir)
-        return {s.pid for s in group_members(child.pgid)} if child else set()
-
     def _recently_finished(self, since: float) -> list[JobRecord]:
-        return [j for j in self.store.jobs(limit=200) if j.state.finished and (j.finished_at or 0) >= since]
+        return [j for j in self.store.jobs_finished_since(since) if j.state.finished]
 
     def _job_view(self, job: JobRecord, now: float, summary: dict[str, Any]) -> JobView:
         spec = self.spec(job)

@@ -212,9 +212,20 @@ class Daemon:
             self.stop_requests += 1
         self.wake.set()
 
+    def _on_child_exit(self, signum: int, frame: FrameType | None) -> None:
+        """A shim we started exited: its attempt ended, look at once (the loop's period is long)."""
+        self.wake.set()
+
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGCHLD, self._on_child_exit)
+
+    def _sleep_seconds(self, period: float) -> float:
+        """The loop's period, cut short for the next watchdog ping or the end of a retry's backoff."""
+        now = self.clock()
+        deadlines = (self.notifier.seconds_until_watchdog(now), self.runner.seconds_until_due())
+        return min([period, *(d for d in deadlines if d is not None)])
 
     def run(self) -> int:
         """Tick until asked to stop. First SIGTERM: graceful; second: at once."""
@@ -229,7 +240,7 @@ class Daemon:
                     self._reload()
                 if self.stop_requests and self._may_exit():
                     break
-                self.wake.wait(period)
+                self.wake.wait(self._sleep_seconds(period))
         except StoreError as error:
             log.error("stopping: %s", error)
             return 70

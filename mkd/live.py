@@ -8,6 +8,7 @@ that status, metrics and the stall check need.
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 import statistics
 from collections import deque
@@ -40,6 +41,7 @@ class LiveAttempt:
     stop_reason: str | None = None  # set when mkd stops it: cancelled, stall, timeout, or a failure class
     stop_evidence: tuple[str, ...] = ()
     stop_sent_mono: float | None = None
+    pgid: int | None = None  # the run's process group, from child.json once the shim wrote it
     rates: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     util_samples: list[float] = field(default_factory=list)
     best_test_return: float | None = None
@@ -125,6 +127,7 @@ class LiveAttempt:
         return finite
 
 
+@functools.lru_cache(maxsize=512)
 def _is_loss(key: str) -> bool:
     lowered = key.lower()
     return any(word in lowered for word in LOSS_WORDS)

@@ -150,6 +150,14 @@ class Notifier:
             return False
         return self._last_ping is None or now_monotonic - self._last_ping >= self.watchdog_interval_s
 
+    def seconds_until_watchdog(self, now_monotonic: float) -> float | None:
+        """How long the loop may sleep before the next WATCHDOG=1 is due; None without a watchdog."""
+        if self.watchdog_interval_s is None:
+            return None
+        if self._last_ping is None:
+            return 0.0
+        return max(0.0, self._last_ping + self.watchdog_interval_s - now_monotonic)
+
     def ping(self, now_monotonic: float) -> bool:
         """WATCHDOG=1: the main loop is alive. Call when `watchdog_due`."""
         if self.watchdog_interval_s is None:

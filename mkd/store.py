@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS live_names ON jobs(name)
     WHERE state IN ('queued', 'running', 'retry_wait');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority, seq);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs(job_id),
@@ -339,6 +340,14 @@ class Store:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [_job(r) for r in self._conn.execute(sql, args)]
+
+    def jobs_finished_since(self, since: float, limit: int = 200) -> list[JobRecord]:
+        """Jobs finished at or after `since`, newest first (the metrics keep them for a while)."""
+        rows = self._conn.execute(
+            f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
+            (since, limit),
+        )
+        return [_job(r) for r in rows]
 
     def find_job(self, name_or_id: str) -> JobRecord | None:
         """A job by id, or the newest job with that name."""

@@ -266,3 +266,17 @@ def test_scheduling_across_eight_gpus(home: Home) -> None:
     env = json.loads((Path(four["dir"]) / "command.json").read_text())["env"]
     assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == 4
     home.stop()
+
+
+def test_a_slow_loop_still_reacts_at_once_to_a_runs_end_and_a_backoffs_end(home: Home) -> None:
+    """The loop ticks once a second by default (tick = 30 s here): a run's end (SIGCHLD from its
+    shim) and the end of a retry's backoff wake it, so neither waits for the next tick."""
+    home.config.write_text(home.config.read_text().replace('tick = "50ms"', 'tick = "30s"'), encoding="utf-8")
+    home.start()
+    once = home.root / "crashed-once"
+    env = f'FAKE_MK_FAIL = "crash_at=2"\nFAKE_MK_FAIL_ONCE_FILE = "{once}"'
+    home.drop("crash.toml", mk_job(max_samples=8 * 32 * 4, env=env) + '\n[retry]\nbackoff = "2s"\n')
+    home.wait_state("crash", "succeeded", timeout=20)  # two attempts, a 2 s backoff: far under one 30 s tick
+    first, second = home.attempts("crash")
+    assert first["returncode"] == 1 and second["returncode"] == 0
+    home.stop(signal.SIGTERM)
