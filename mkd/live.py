@@ -48,6 +48,8 @@ class LiveAttempt:
     _decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     _partial: str = ""
     _prev_row: IterationRow | None = None
+    _read_count: int = 0  # bumped at each read of new output: keys the progress cache
+    _progress_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
 
     def read_new(self) -> tuple[list[str], list[IterationRow]]:
         """New complete console lines and iteration tables since the last call."""
@@ -63,6 +65,7 @@ class LiveAttempt:
             handle.seek(self.offset)
             raw = handle.read(READ_CHUNK)
         self.offset += len(raw)
+        self._read_count += 1
         text = self._decoder.decode(raw)
         rows = self.parser.feed(text)
         lines = (self._partial + text.replace("\r", "\n")).split("\n")
@@ -98,7 +101,17 @@ class LiveAttempt:
         return sum(self.util_samples) / len(self.util_samples) if self.util_samples else None
 
     def progress(self) -> dict[str, Any]:
-        """The figures recorded in the store and shown by status and metrics."""
+        """The figures recorded in the store and shown by status and metrics.
+
+        Computed again only after new output or a new utilization sample: the view, the store
+        and status.json all ask for it each second.
+        """
+        key = (self._read_count, len(self.util_samples))
+        if self._progress_cache is None or self._progress_cache[0] != key:
+            self._progress_cache = (key, self._compute_progress())
+        return dict(self._progress_cache[1])
+
+    def _compute_progress(self) -> dict[str, Any]:
         row = self.last
         out: dict[str, Any] = {}
         if row is not None:
