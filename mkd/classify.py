@@ -451,13 +451,17 @@ def _decode(exit: ExitInfo | None) -> tuple[str, int | None]:
     return "exit", rc
 
 
+_NEEDLES = tuple(sorted({needle for signature in SIGNATURES for needle in signature.needles}))
+
+
 def _hits(lines: Sequence[str]) -> list[_Hit]:
     """Signature matches, line by line; only the signatures whose needle is in the text are tried
     (nearly every chunk of a console is a progress table that holds none)."""
     lowered = "\n".join(lines).lower()
-    candidates = [sig for sig in SIGNATURES if any(needle in lowered for needle in sig.needles)]
-    if not candidates:
+    present = {needle for needle in _NEEDLES if needle in lowered}
+    if not present:
         return []
+    candidates = [sig for sig in SIGNATURES if not present.isdisjoint(sig.needles)]
     hits = []
     for index, line in enumerate(lines):
         low = line.lower()

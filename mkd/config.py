@@ -61,7 +61,7 @@ class DaemonConfig(Frozen):
     mimickit_dir: str = "."
     mimickit_python: str = Field(default_factory=lambda: sys.executable)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    tick: Duration = timedelta(seconds=1)  # runs are watched at this pace; events wake the loop sooner
+    tick: Duration = timedelta(seconds=2)  # runs are watched at this pace; events wake the loop sooner
     max_running: int = Field(64, ge=1)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -107,20 +107,20 @@ class Engine:
                 self._children.discard(pid)
 
     def shim_alive(self, handle: ShimHandle) -> bool:
-        if handle.pid in self._children and _reaped(handle.pid):
+        """A shim we started is alive until waitpid reaps it (its pid cannot be reused before):
+        no /proc read. A re-adopted one is checked by pid and start time."""
+        if handle.pid in self._children:
+            if not _reaped(handle.pid):
+                return True
             self._children.discard(handle.pid)
             return False
         return is_same_process(handle.pid, handle.start_ticks)
 
     def poll(self, attempt_dir: Path, handle: ShimHandle) -> ExitRecord | None:
-        """The attempt's end, or None while it runs."""
-        record = _exit_record(attempt_dir)
-        if record is not None:
-            self.reap()
-            return record
+        """The attempt's end, or None while it runs (its shim writes exit.json, then exits)."""
         if self.shim_alive(handle):
             return None
-        record = _exit_record(attempt_dir)  # written just before the shim exited
+        record = _exit_record(attempt_dir)
         if record is not None:
             return record
         return ExitRecord(None, None, False, 0, None, lost=True)

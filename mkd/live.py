@@ -46,7 +46,6 @@ class LiveAttempt:
     util_samples: list[float] = field(default_factory=list)
     best_test_return: float | None = None
     _decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    _partial: str = ""
     _prev_row: IterationRow | None = None
     _read_count: int = 0  # bumped at each read of new output: keys the progress cache
     _progress_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
@@ -61,15 +60,14 @@ class LiveAttempt:
             self.offset = 0
         if size == self.offset:
             return [], []
-        with open(self.console, "rb") as handle:
+        with open(self.console, "rb", buffering=0) as handle:
             handle.seek(self.offset)
-            raw = handle.read(READ_CHUNK)
+            raw = handle.read(min(size - self.offset, READ_CHUNK))  # not a 1 MiB buffer per read
         self.offset += len(raw)
         self._read_count += 1
         text = self._decoder.decode(raw)
         rows = self.parser.feed(text)
-        lines = (self._partial + text.replace("\r", "\n")).split("\n")
-        self._partial = lines.pop()
+        lines = self.parser.new_lines
         for row in rows:
             self._rate(row)
             test_return = row.get("Test_Return")

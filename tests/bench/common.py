@@ -265,7 +265,7 @@ def read_json(path: Path) -> dict[str, object] | None:
 
 
 def bench_home(root: Path, extra: str = "", env: dict[str, str] | None = None) -> Home:
-    """A Home whose config keeps mkd's defaults (tick 100 ms, settle 2 s, GPU samples every 5 s),
+    """A Home whose config keeps mkd's defaults (tick 2 s, settle 2 s, GPU samples every 5 s),
     unlike the test harness's faster settings; metrics on a free port."""
     from tests.harness import FAKE_MIMICKIT, new_token
 
