@@ -993,6 +993,7 @@ class AttemptRunner:
         wall = self.wall()
         shown = self.store.jobs(set(LIVE)) + self._recently_finished(wall - retention)
         summaries = self.store.attempt_summaries([j.job_id for j in shown])
+        self._forget_all_but({j.job_id for j in shown})
         for job in shown:
             jobs.append(self._job_view(job, now, summaries.get(job.job_id, {})))
         counters = self.store.counters()
@@ -1013,6 +1014,14 @@ class AttemptRunner:
             gpu_process_bytes=attribute_processes(self.gpu, owners),
             tick_seconds=tick_seconds,
         )
+
+    def _forget_all_but(self, job_ids: set[str]) -> None:
+        """Drop per-job caches of jobs no longer shown: a daemon that ran 10,000 jobs keeps none of theirs."""
+        for cache in (self._specs, self._waiting, self._gpu_report_at):
+            for job_id in [k for k in cache if k not in job_ids]:
+                del cache[job_id]
+        for attempt_id in [k for k in self._progress_written if k not in self.live]:
+            del self._progress_written[attempt_id]
 
     def _recently_finished(self, since: float) -> list[JobRecord]:
         return [j for j in self.store.jobs_finished_since(since) if j.state.finished]

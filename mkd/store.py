@@ -405,8 +405,9 @@ class Store:
             if new.finished:
                 values["finished_at"] = now
             self._update(tx, "jobs", "job_id", job_id, values)
-            if old != new:
-                self._event(tx, job_id, now, "state", f"{old} -> {new}: {reason}", {"from": old, "to": new})
+            # running -> running (a stage promoted, its next attempt started) is news in the timeline too
+            message = f"{old} -> {new}: {reason}" if old != new else f"{new}: {reason}"
+            self._event(tx, job_id, now, "state", message, {"from": old, "to": new})
 
     def unpublished(self) -> list[str]:
         """Jobs whose state changed since their files (mirror, status.json, report.md) were written."""

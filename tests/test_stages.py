@@ -110,6 +110,8 @@ max_samples = 12800
     assert items["warmup: model.pt"] == "yes" and items["longrun: log.txt"] == "yes"
     assert items["longrun: alive"] == "no"
     assert items["fallback"] == "warmup attempt 1: cuda_oom: step num_envs down from 80 to 40"
+    # the promotion keeps the job running: its timeline still says the long run started, and how
+    assert "running: attempt 3 (longrun) started, num_envs=40" in home.timeline("wl")
 
 
 @pytest.mark.parametrize(
