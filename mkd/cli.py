@@ -93,7 +93,6 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("watchdog").setLevel(logging.WARNING)  # its inotify events would flood debug logs
     path = config_path(getattr(args, "config", None))
     daemon = Daemon(config, layout, reload=(lambda: load_config(path)[0]) if path else None)
     try:

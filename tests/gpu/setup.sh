@@ -14,4 +14,4 @@ if [ ! -f $S/.ok ]; then
   cp -r $REPO_ROOT/.mk/stubs/* $S/ && touch $S/.ok
 fi
 export PYTHONPATH=$S:$REPO_ROOT
-python3 -c "import newton, warp, mkd.daemon, pydantic, watchdog, pynvml, prometheus_client, tree_sitter_toml; print('imports ok', newton.__version__, warp.__version__)" || return 3
+python3 -c "import newton, warp, mkd.daemon, pydantic, pynvml, prometheus_client, tree_sitter_toml; print('imports ok', newton.__version__, warp.__version__)" || return 3
