@@ -7,7 +7,7 @@ write_config() {  # write_config [extra toml lines]
   cat > $HOME_DIR/mkd.toml <<CFG
 mimickit_dir = "$MK"
 mimickit_python = "$(command -v python3)"
-tick = "100ms"
+tick = "${TICK:-100ms}"
 $1
 [metrics]
 port = 9400
@@ -38,6 +38,11 @@ scrape() { python3 -c "import urllib.request;print(urllib.request.urlopen('http:
 smi_start() { nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used,memory.total,power.draw --format=csv > "$1"
   (while :; do nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used,memory.total,power.draw --format=csv,noheader >> "$1"; sleep 2; done) &
   SMI=$!; }
+scrape_loop() {  # scrape_loop PREFIX: /metrics and NVML's per-process view every 10 s, in the background
+  (n=0; while :; do n=$((n+1)); scrape $RES/$1_$n.prom
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader > $RES/$1_$n.apps.csv 2>&1; sleep 10; done) &
+  SCRAPER=$!; }
+scrape_stop() { kill $SCRAPER 2>/dev/null; wait $SCRAPER 2>/dev/null; }
 smi_stop() { kill $SMI 2>/dev/null; wait $SMI 2>/dev/null; }
 by_hand() {  # by_hand GPU OUTNAME: the same argv mkd builds for throughput_gpuN.toml, started by hand
   (cd $MK && CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=$1 PYTHONUNBUFFERED=1 timeout 300 python3 mimickit/run.py \
