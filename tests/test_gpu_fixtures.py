@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -95,3 +96,29 @@ def test_nvml_collector_matched_nvidia_smi() -> None:
         assert row["mem_total_mib_mkd"] == row["mem_total_mib_smi"]
         assert abs(float(row["util_mkd"]) - float(row["util_smi"])) <= 5
         assert abs(float(row["power_w_mkd"]) - float(row["power_w_smi"])) <= 10
+
+
+SESSION2 = Path(__file__).parent / "fixtures" / "gpu_h200_session2"
+
+
+def test_gpu_memory_attributed_from_nvml_pids_matches_nvidia_smi() -> None:
+    """tests/gpu/call5.sh on two H200s: a run by hand on one GPU, the same run under mkd on the
+    other, then swapped. Each scrape gives the mkd job its own GPU's memory and leaves the hand-made
+    run's unowned, and the per-process total is what nvidia-smi listed at the same moment."""
+    expected = {"pair3": {"1": "throughput-gpu1", "0": ""}, "pair8": {"0": "throughput-gpu0", "1": ""}}
+    for pair, owners in expected.items():
+        scrape = (SESSION2 / f"{pair}.metrics.prom").read_text(encoding="utf-8")
+        families = {f.name: f for f in text_string_to_metric_families(scrape)}
+        samples = families["mkd_gpu_process_memory_bytes"].samples
+        assert {s.labels["gpu"]: s.labels["job_id"] for s in samples} == owners
+        apps = (SESSION2 / f"{pair}.compute_apps.csv").read_text(encoding="utf-8").splitlines()
+        smi_mib = sum(int(line.split(",")[1].split()[0]) for line in apps if line.strip())
+        assert abs(sum(s.value for s in samples) / 2**20 - smi_mib) <= 8, (pair, smi_mib)
+
+
+def test_samples_per_second_under_mkd_within_2_percent_of_by_hand_at_the_same_moment() -> None:
+    """The pairs ran at the same time on the two GPUs: by hand on GPU0 with mkd on GPU1, then swapped."""
+    by_hand_gpu0, by_hand_gpu1, mkd_gpu0, mkd_gpu1 = json.loads((SESSION2 / "rates.json").read_text())
+    for by_hand, under_mkd in ((by_hand_gpu0, mkd_gpu1), (by_hand_gpu1, mkd_gpu0)):
+        ratio = under_mkd["median_samples_per_second"] / by_hand["median_samples_per_second"]
+        assert ratio >= 0.98, (by_hand["log"], ratio)
