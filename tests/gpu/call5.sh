@@ -7,11 +7,7 @@ T0=$(date +%s); t() { echo "[+$(( $(date +%s) - T0 ))s] $*" | tee -a $RES/timeli
 source tests/gpu/setup.sh || exit 3
 source tests/gpu/common.sh
 t "setup done"; nvidia-smi > $RES/nvidia-smi.txt
-(cd $MK && timeout 280 python3 mimickit/run.py --arg_file args/deepmimic_humanoid_ppo_args.txt \
-  --engine_config data/engines/newton_engine.yaml --env_config data/envs/deepmimic_humanoid_synth_env.yaml \
-  --mode train --visualize false --devices cuda:0 --num_envs 256 --max_samples 16384 --out_dir $RES/compile) \
-  > $RES/compile.console.log 2>&1
-t "warp compile run exit $?"
+compile_warp; t "warp compile run exit $?"
 TICK=2s write_config; start_daemon daemon5.log; t "daemon up"
 smi_start $RES/smi_pairs.csv; scrape_loop live
 drop tests/gpu/jobs/throughput_gpu1.toml; by_hand 0 byhand_gpu0; t "by hand gpu0 exit $?"

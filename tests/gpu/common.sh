@@ -44,6 +44,12 @@ scrape_loop() {  # scrape_loop PREFIX: /metrics and NVML's per-process view ever
   SCRAPER=$!; }
 scrape_stop() { kill $SCRAPER 2>/dev/null; wait $SCRAPER 2>/dev/null; }
 smi_stop() { kill $SMI 2>/dev/null; wait $SMI 2>/dev/null; }
+compile_warp() {  # a short run on GPU 0 so Warp compiles its kernels once (~140 s on a fresh machine)
+  (cd $MK && timeout 280 python3 mimickit/run.py --arg_file args/deepmimic_humanoid_ppo_args.txt \
+    --engine_config data/engines/newton_engine.yaml --env_config data/envs/deepmimic_humanoid_synth_env.yaml \
+    --mode train --visualize false --devices cuda:0 --num_envs 256 --max_samples 16384 --out_dir $RES/compile) \
+    > $RES/compile.console.log 2>&1
+}
 by_hand() {  # by_hand GPU OUTNAME: the same argv mkd builds for throughput_gpuN.toml, started by hand
   (cd $MK && CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=$1 PYTHONUNBUFFERED=1 timeout 300 python3 mimickit/run.py \
     --arg_file args/deepmimic_humanoid_ppo_args.txt --engine_config data/engines/newton_engine.yaml \
