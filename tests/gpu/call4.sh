@@ -7,11 +7,7 @@ source tests/gpu/setup.sh || exit 3
 source tests/gpu/common.sh
 apps() { nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | tr '\n' ';'; }
 iters() { grep -c "|            Iteration" $HOME_DIR/runs/gpu-dual-long/attempts/01-1-long_run/console.log 2>/dev/null; }
-(cd $MK && timeout 280 python3 mimickit/run.py --arg_file args/deepmimic_humanoid_ppo_args.txt \
-  --engine_config data/engines/newton_engine.yaml --env_config data/envs/deepmimic_humanoid_synth_env.yaml \
-  --mode train --visualize false --devices cuda:0 --num_envs 256 --max_samples 16384 --out_dir $RES/compile) \
-  > $RES/compile.console.log 2>&1
-t "warp compile run exit $?"
+compile_warp; t "warp compile run exit $?"
 write_config; start_daemon daemon4a.log; t "daemon A up (pid $DAEMON)"
 drop tests/gpu/jobs/dual_long.toml
 for i in $(seq 1 120); do [ "$(iters)" -ge 3 ] 2>/dev/null && break; sleep 1; done
