@@ -201,7 +201,9 @@ def test_two_jobs_never_share_a_gpu(home: Home) -> None:
     job = mk_job(devices='["cuda:0"]', max_samples=8 * 32 * 30)
     for name in ("g1", "g2", "g3"):
         home.drop(f"{name}.toml", job)
-    wait_for(lambda: sum(home.state(n) == "running" for n in ("g1", "g2", "g3")) == 2, 15, "two jobs running")
+    names = ("g1", "g2", "g3")
+    wait_for(lambda: all(home.state(n) for n in names), 15, "all three jobs taken")
+    wait_for(lambda: sum(home.state(n) == "running" for n in names) == 2, 15, "two jobs running")
     running = [n for n in ("g1", "g2", "g3") if home.state(n) == "running"]
     waiting = next(n for n in ("g1", "g2", "g3") if n not in running)
     assert home.state(waiting) == "queued"
