@@ -165,7 +165,10 @@ def test_status_follows_the_jobs(home: Home, listener: Listener) -> None:
     assert {m.pid for m in listener.snapshot()} == {pid}
 
 
-def test_watchdog_pings_every_half_timeout(home: Home, listener: Listener) -> None:
+@pytest.mark.parametrize("tick", ["50ms", "30s"])
+def test_watchdog_pings_every_half_timeout(home: Home, listener: Listener, tick: str) -> None:
+    """Also with a loop period far longer than the watchdog: the loop wakes for each ping."""
+    home.config.write_text(home.config.read_text().replace('tick = "50ms"', f'tick = "{tick}"'), encoding="utf-8")
     start(home, listener)
     ready_at = listener.wait(is_ready, "READY=1").at
     wait_for(lambda: len(listener.pings(ready_at)) >= 16, 10, "16 watchdog pings")
