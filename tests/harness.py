@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 FAKE_MIMICKIT = REPO / "tests" / "fake_mimickit"
 
@@ -275,3 +277,16 @@ def kill_leaked(token: str, grace: float = 3.0) -> list[int]:
 
 def new_token() -> str:
     return uuid.uuid4().hex
+
+
+def write_to_terminal(config: pytest.Config, lines: list[str]) -> None:
+    """Lines on the terminal whatever -s says (the suites' counts: kills, fuzz cases, jobs)."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if reporter is None or capture is None:
+        print("\n".join(lines))
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        for line in lines:
+            reporter.write_line(line)

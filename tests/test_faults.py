@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from mkd.mimickit.console import ConsoleParser
-from tests.harness import Home, mimickit_job, new_token, processes_with_token, wait_for
+from tests.harness import Home, mimickit_job, new_token, processes_with_token, wait_for, write_to_terminal
 
 # The fork server. Requests are JSON lines on stdin: {"op": "spawn", cwd, env, log, argv,
 # kill} -> {"pid": N}; {"op": "wait", "pid": N} -> {"status": exit code, -9 for SIGKILL}.
@@ -184,16 +184,7 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
         f"({counts.random_kills} at random moments, {counts.point_kills} at kill points), "
         f"{counts.jobs} jobs, {counts.rejected} rejected files"
     )
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            reporter.write_line(line)
-            for note in counts.notes:
-                reporter.write_line(f"  {note}")
-    else:
-        print(line)
+    write_to_terminal(request.config, [line, *(f"  {note}" for note in counts.notes)])
 
 
 class Forked:

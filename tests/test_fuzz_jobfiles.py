@@ -45,7 +45,7 @@ from mkd.intake import Intake
 from mkd.jobfile import JobFileError, load_job_bytes
 from mkd.spec import JobSpec
 from mkd.store import Store
-from tests.harness import FAKE_MIMICKIT, Home, wait_for
+from tests.harness import FAKE_MIMICKIT, Home, wait_for, write_to_terminal
 
 TOML_LEVEL_FILES = 2400
 SCHEMA_LEVEL_FILES = 2400
@@ -584,12 +584,12 @@ def test_schema_level_files_are_taken_or_rejected(bench: IntakeBench, raw: bytes
     bench.take(raw, check_loader(raw))
 
 
-def test_the_fuzzers_ran_enough_files_of_each_kind() -> None:
+def test_the_fuzzers_ran_enough_files_of_each_kind(request: pytest.FixtureRequest) -> None:
     """The derandomized runs above: enough files, valid and invalid (runs after them in file order)."""
     files = COUNTS.get("files (TOML level)", 0) + COUNTS.get("files (schema level)", 0)
     if files == 0:
         pytest.skip("run with the fuzz tests above")
-    print(f"\nfuzz counts: {summary()}")
+    write_to_terminal(request.config, [f"fuzz counts: {summary()}"])
     assert files >= TOML_LEVEL_FILES + SCHEMA_LEVEL_FILES - 200, summary()
     assert COUNTS.get("valid", 0) >= 500 and COUNTS.get("invalid (schema)", 0) >= 1000, summary()
     assert COUNTS.get("invalid (not TOML or not UTF-8)", 0) >= 500, summary()
