@@ -151,6 +151,9 @@ class AttemptRunner:
                 log.error("job %s: cannot write its files: %s", job_id, error)
                 self.store.bump("intake_errors_total")
                 return
+            except Exception:  # one job's files must not stop the loop (nor loop on the error)
+                log.exception("job %s: error while writing its files", job_id)
+                self.store.bump("internal_errors_total")
             self.store.mark_published(job_id)
 
     # --- starting ---------------------------------------------------------------------------

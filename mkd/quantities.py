@@ -62,6 +62,15 @@ def parse_size(value: Any) -> int:
     return int(size)
 
 
+def format_size(size: int) -> str:
+    """The exact spelling of a size that parse_size reads back ("8GiB", "1536B")."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        factor = _SIZE_UNITS[unit]
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
 def format_duration(delta: timedelta) -> str:
     """The shortest exact spelling of a duration, for docs and round trips."""
     seconds = delta.total_seconds()

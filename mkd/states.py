@@ -31,9 +31,17 @@ FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 LIVE = frozenset(JobState) - FINISHED
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    # retry_wait and succeeded from queued: an attempt started just before a crash, found ended on restore
+    # retry_wait and succeeded from queued: an attempt started just before a crash, found ended on restore;
+    # queued -> queued: a stage skipped before anything ran (a visualize stage with no display)
     JobState.QUEUED: frozenset(
-        {JobState.RUNNING, JobState.RETRY_WAIT, JobState.CANCELLED, JobState.FAILED, JobState.SUCCEEDED}
+        {
+            JobState.QUEUED,
+            JobState.RUNNING,
+            JobState.RETRY_WAIT,
+            JobState.CANCELLED,
+            JobState.FAILED,
+            JobState.SUCCEEDED,
+        }
     ),
     JobState.RUNNING: frozenset(
         {JobState.RUNNING, JobState.RETRY_WAIT, JobState.QUEUED, *FINISHED},

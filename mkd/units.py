@@ -11,13 +11,15 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
-from mkd.quantities import format_duration, parse_duration, parse_size
+from mkd.quantities import format_duration, format_size, parse_duration, parse_size
 
-__all__ = ["ByteSize", "Duration", "format_duration", "parse_duration", "parse_size"]
+__all__ = ["ByteSize", "Duration", "format_duration", "format_size", "parse_duration", "parse_size"]
 
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+# Serialized as text that parse_size reads back: a job's spec is stored as JSON and validated again
+# (an int there failed validation, and a job with min_free_memory crashed the daemon's loop).
+ByteSize = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str)]

@@ -8,11 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mkd.config import DaemonConfig, default_config_text
 from mkd.jobfile import JobFileError, load_job_bytes, load_text
 from mkd.spec import CommandWorkload, JobSpec, MimicKitWorkload
-from mkd.units import parse_duration, parse_size
+from mkd.units import format_size, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,3 +170,21 @@ def test_mkd_validate_cli(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"{good}: ok" in done.stdout
     assert "bad.toml:7:1: workload.num_env: unknown key 'num_env'. Did you mean 'num_envs'?" in done.stdout
+
+
+@given(st.integers(0, 2**53))
+def test_a_size_is_written_as_text_that_reads_back_exactly(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+def test_a_stored_spec_validates_again() -> None:
+    """The daemon stores a job's spec as JSON and validates it again at each start: a size came back
+    as an int, which the size type refuses, and a job with min_free_memory crashed the loop."""
+    text = (
+        '[workload]\nkind = "command"\nargv = ["true"]\n[resources]\nmin_free_memory = "1536MiB"\n'
+        '[watch]\nstall_timeout = "90s"\n'
+    )
+    spec = load_job_bytes(text.encode(), "j.toml")
+    stored = spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    assert stored["resources"]["min_free_memory"] == "1536MiB"
+    assert JobSpec.model_validate(stored) == spec

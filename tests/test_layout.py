@@ -51,7 +51,11 @@ def _field_matches(rule: Rule, field: FieldInfo) -> bool:
             and metadata[0].func is parse_duration
         )
     if kind == "size":
-        return annotation is int and [type(m) for m in metadata] == [BeforeValidator] and metadata[0].func is parse_size
+        return (
+            annotation is int
+            and [type(m) for m in metadata] == [BeforeValidator, PlainSerializer]
+            and metadata[0].func is parse_size
+        )
     return False
 
 
