@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkd.checkout_files import MOTION_KEY
 from mkd.config import RUNBOOK_NCCL, DaemonConfig, Layout
 from mkd.gpus import GpuSampler
 from mkd.workload import display_available
@@ -36,7 +36,6 @@ if "version" in out["torch"]:
     out["torch"]["devices"] = torch.cuda.device_count()
 print(json.dumps(out))
 """
-MOTION_KEY = re.compile(r"^\s*motion_file:\s*\"?([^\"#\s]+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)

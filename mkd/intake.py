@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mkd.agent_check import check_agent_overrides
+from mkd.checkout_files import checkout_problems
 from mkd.config import DaemonConfig, Layout
 from mkd.fsutil import atomic_write, free_name
 from mkd.jobfile import JobFileError, Problem, load_job_bytes
@@ -246,6 +247,8 @@ class Intake:
         except JobFileError as error:
             problems.extend(error.problems)
         problems.extend(self._root_problems(spec))
+        if not problems:  # the checkout is only looked at once the paths are known to be allowed
+            problems.extend(checkout_problems(spec, raw.decode("utf-8"), self.layout.mimickit_dir))
         if problems:
             job_name = spec.job.name or name[: -len(".toml")]
             live = self.store.live_job_named(job_name)

@@ -138,6 +138,9 @@ PATHLIKE = st.one_of(
     st.text(st.characters(codec="utf-8"), max_size=20),
     st.sampled_from(["/dev/zero", "/dev/stdin", "/proc/self/mem", "a\x00b"]),
 )
+CHECKOUT_FILES = st.sampled_from(  # files of the fake checkout the intake runs against
+    ["args/deepmimic_humanoid_ppo_args.txt", "data/engines/newton_engine.yaml", "data/envs/deepmimic_humanoid_env.yaml"]
+)
 _NAME_START = "abcxyzABCXYZ0189"
 JOB_NAMES = st.builds(
     lambda first, rest: first + rest,
@@ -228,8 +231,10 @@ def workload(doc: Doc) -> dict[str, Any]:
         )
         doc.put(table, "cwd", PATHLIKE)
     else:
-        for key in ("mimickit_dir", "python", "arg_file", "engine_config", "env_config", "model_file"):
+        for key in ("mimickit_dir", "python", "model_file"):
             doc.put(table, key, PATHLIKE, st.integers() | st.lists(TEXT))
+        for key in ("arg_file", "engine_config", "env_config"):  # the intake checks these exist
+            doc.put(table, key, CHECKOUT_FILES if doc.chance(0.9) else PATHLIKE, st.integers() | st.lists(TEXT))
         doc.put(table, "agent_config", st.sampled_from(["data/agents/deepmimic_humanoid_ppo_agent.yaml"]) | PATHLIKE)
         if doc.chance(0.3):
             table["agent_overrides"] = overrides(doc) if not doc.chance(doc.p_bad) else doc.draw(ANY_VALUE)
@@ -591,9 +596,11 @@ def test_the_fuzzers_ran_enough_files_of_each_kind(request: pytest.FixtureReques
         pytest.skip("run with the fuzz tests above")
     write_to_terminal(request.config, [f"fuzz counts: {summary()}"])
     assert files >= TOML_LEVEL_FILES + SCHEMA_LEVEL_FILES - 200, summary()
-    assert COUNTS.get("valid", 0) >= 500 and COUNTS.get("invalid (schema)", 0) >= 1000, summary()
+    # Floors, not targets: the counts move with the order the suite runs in (seen: valid 463-591,
+    # queued 366-457 since the intake also checks the files a job names against the checkout).
+    assert COUNTS.get("valid", 0) >= 400 and COUNTS.get("invalid (schema)", 0) >= 1000, summary()
     assert COUNTS.get("invalid (not TOML or not UTF-8)", 0) >= 500, summary()
-    assert COUNTS.get("intake queued", 0) >= 400 and COUNTS.get("problems located", 0) >= 1000, summary()
+    assert COUNTS.get("intake queued", 0) >= 300 and COUNTS.get("problems located", 0) >= 1000, summary()
 
 
 def query_all(home: Home, sql: str) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from mkd.config import DaemonConfig, IntakeConfig, Layout
 from mkd.intake import Intake, is_candidate
 from mkd.store import Store
+from tests.harness import FAKE_MIMICKIT
 
 JOB = '[workload]\nkind = "command"\nargv = ["true"]\n'
 
@@ -171,3 +173,36 @@ def test_unknown_agent_override_is_rejected_with_line_and_known_keys(tmp_path: P
     error = (layout.rejected / "bad.toml.error").read_text()
     assert "bad.toml:5:1: workload.agent_overrides.update_epoch:" in error and "update_epochs" in error
     assert "bad.toml:6:1: workload.agent_overrides.actor_epochs:" in error
+
+
+def test_files_a_mimickit_job_names_must_be_in_the_checkout(intake: Intake, tmp_path: Path) -> None:
+    """A missing arg file, env config, or the motion file of the env config: rejected at intake with
+    the line to fix, instead of an attempt that dies on FileNotFoundError."""
+    checkout = tmp_path / "mk"
+    shutil.copytree(FAKE_MIMICKIT, checkout)
+    (checkout / "data" / "envs" / "nomotion_env.yaml").write_text('motion_file: "data/motions/gone.pkl"\n')
+    head = f'[workload]\nkind = "mimickit"\nmimickit_dir = "{checkout}"\n'
+    files = {
+        "args.toml": head + 'arg_file = "args/missing.txt"\n',
+        "env.toml": head + 'env_config = "data/envs/nomotion_env.yaml"\n',
+        "fine.toml": head + 'arg_file = "args/deepmimic_humanoid_ppo_args.txt"\n',
+    }
+    for name, text in files.items():
+        (intake.layout.incoming / name).write_text(text)
+    intake.scan(0.0)
+    assert intake.scan(0.5).rejected == ["args.toml", "env.toml"]
+    assert "args.toml:4:1: workload.arg_file: 'args/missing.txt' is not a file in the MimicKit checkout" in (
+        error_of(intake, "args.toml")
+    )
+    assert "env.toml:4:1: workload.env_config: the env config data/envs/nomotion_env.yaml names motion_file" in (
+        error_of(intake, "env.toml")
+    )
+    assert jobs(intake) == ["fine"]
+    # the env config that the arg file names is followed too
+    (checkout / "args" / "deepmimic_humanoid_ppo_args.txt").write_text("--env_config data/envs/nomotion_env.yaml\n")
+    (intake.layout.incoming / "viaargs.toml").write_text(files["fine.toml"])
+    intake.scan(1.0)
+    assert intake.scan(1.5).rejected == ["viaargs.toml"]
+    assert "viaargs.toml:4:1: workload.arg_file: the env config data/envs/nomotion_env.yaml names" in (
+        error_of(intake, "viaargs.toml")
+    )
