@@ -14,10 +14,10 @@ GPUs are listed in PCI bus order.  mkd starts children with
 CUDA_DEVICE_ORDER=PCI_BUS_ID, so the n-th GPU of a reading is CUDA device n
 when CUDA_VISIBLE_DEVICES is unset.
 
-Attribution: NVML reports GPU memory per pid.  The daemon maps pids to jobs
-with process_group_members(pgid) of each attempt (MimicKit's workers stay in
-the root's process group, even after the root dies and they are reparented
-to PID 1), falling back to process_tree(root_pid).
+Attribution: NVML reports GPU memory per pid.  The daemon maps each of those
+pids to a job through its process group (AttemptRunner.gpu_owners): MimicKit's
+workers stay in the root's process group, even after the root dies and they are
+reparented to PID 1.
 """
 
 from __future__ import annotations

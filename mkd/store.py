@@ -330,15 +330,14 @@ class Store:
         row = self._conn.execute("SELECT source_text FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return "" if row is None else str(row[0])
 
-    def jobs(self, states: set[JobState] | None = None, limit: int | None = None) -> list[JobRecord]:
+    def jobs(self, states: set[JobState] | None = None) -> list[JobRecord]:
+        """Jobs in `states` (all when None), in the order they may start: priority, then arrival."""
         sql = f"SELECT {','.join(JOB_COLUMNS)} FROM jobs"
         args: list[Any] = []
         if states is not None:
             sql += f" WHERE state IN ({','.join('?' * len(states))})"
             args.extend(s.value for s in states)
-        sql += " ORDER BY seq DESC" if limit else " ORDER BY priority DESC, seq"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
+        sql += " ORDER BY priority DESC, seq"
         return [_job(r) for r in self._conn.execute(sql, args)]
 
     def jobs_finished_since(self, since: float, limit: int = 200) -> list[JobRecord]:
