@@ -2,7 +2,7 @@
 
 The daemon's loop calls `observe`, `start_runnable` and `on_gpu_reading`; this module
 turns those into store changes. Decisions come from `mkd.policy` (retries) and
-`mkd.stages` (probe ladder, sweep); classification from `mkd.classify`; processes from
+`mkd.stages` (probe ladder, sweep); classification from `mkd.mimickit.classify`; processes from
 `mkd.engine`. Nothing here parses MimicKit's text itself.
 """
 
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from mkd import postmortem, report
-from mkd.classify import ExitInfo, FailureClass, classify, row_has_nan, scan_live
 from mkd.config import DaemonConfig, Layout
 from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
+from mkd.failures import FailureClass
 from mkd.fsutil import atomic_write, atomic_write_json, read_json
 from mkd.gpu_report import gpu_report_line
 from mkd.gpus import GpuReading, attribute_processes
 from mkd.live import LiveAttempt
+from mkd.mimickit.classify import ExitInfo, classify, row_has_nan, scan_live
 from mkd.mimickit.results import check_train_artifacts
 from mkd.mirror import place_job_file
 from mkd.policy import Decision, Observation, decide

@@ -142,7 +142,7 @@ def cmd_submit(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -
 
 
 def cmd_status(args: argparse.Namespace, layout: Layout) -> int:
-    from mkd import status_view
+    from mkd.client import status_view
 
     store = _open_store(layout)
     if store is None:
@@ -185,7 +185,7 @@ def cmd_report(args: argparse.Namespace, layout: Layout) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, layout: Layout) -> int:
-    from mkd import status_view
+    from mkd.client import status_view
 
     store = _open_store(layout)
     if store is None:
@@ -211,19 +211,19 @@ def cmd_gpus(args: argparse.Namespace, layout: Layout) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.explain import explain_main
+    from mkd.client.explain import explain_main
 
     return explain_main(args.rest)
 
 
 def cmd_doctor(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.doctor import run_doctor
+    from mkd.client.doctor import run_doctor
 
     return run_doctor(config, layout, mimickit_dir=args.mimickit_dir)
 
 
 def cmd_install_service(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.install_service import main as install_main
+    from mkd.client.install_service import main as install_main
 
     status: int = install_main(args.rest)
     return status

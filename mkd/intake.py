@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mkd.agent_check import check_agent_overrides
-from mkd.checkout_files import checkout_problems
 from mkd.config import DaemonConfig, Layout
 from mkd.fsutil import atomic_write, free_name
 from mkd.jobfile import JobFileError, Problem, load_job_bytes
+from mkd.mimickit.agent_check import check_agent_overrides
+from mkd.mimickit.checkout_files import checkout_problems
 from mkd.mirror import place_job_file
 from mkd.spec import JOB_NAME, CommandWorkload, JobSpec
 from mkd.states import JobState

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mkd.classify import (
+from mkd.mimickit.classify import (
     CAUSE_ORDER,
     REMEDIES,
     SIGNATURES,

@@ -20,7 +20,7 @@ from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 from supervisor.xmlrpc import SupervisorTransport
 
-from mkd.install_service import render_unit, unit_template
+from mkd.client.install_service import render_unit, unit_template
 
 REPO = Path(__file__).resolve().parent.parent
 SUPERVISORD_DIR = REPO / "deploy" / "supervisord"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from mkd.classify import ExitInfo
-from mkd.explain import explain_file, explain_main, explain_report, infer_exit, infer_multi_device
+from mkd.client.explain import explain_file, explain_main, explain_report, infer_exit, infer_multi_device
+from mkd.mimickit.classify import ExitInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mimickit"
 
@@ -110,8 +110,8 @@ def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_a_huge_log_is_read_by_its_head_and_tail(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mkd.explain._HEAD_BYTES", 200)
-    monkeypatch.setattr("mkd.explain._TAIL_BYTES", 5000)
+    monkeypatch.setattr("mkd.client.explain._HEAD_BYTES", 200)
+    monkeypatch.setattr("mkd.client.explain._TAIL_BYTES", 5000)
     report = explain_report(FIXTURES / "gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt")
     assert report["multi_device"] is True, "the head still shows 'Using master port'"
     assert report["exit"]["returncode"] == 137
@@ -120,7 +120,7 @@ def test_a_huge_log_is_read_by_its_head_and_tail(monkeypatch: pytest.MonkeyPatch
 
 
 def test_explain_reads_the_exit_status_mkd_recorded_beside_the_log(tmp_path: Path) -> None:
-    from mkd.explain import explain_report
+    from mkd.client.explain import explain_report
 
     console = tmp_path / "console.log"
     console.write_text("Setting seed: 1\nBuilding deepmimic env\n")

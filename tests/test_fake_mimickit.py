@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from mkd.classify import Classification, ExitInfo, FailureClass, classify, row_has_nan, scan_live, split_lines
-from mkd.explain import infer_multi_device
+from mkd.client.explain import infer_multi_device
+from mkd.failures import FailureClass
+from mkd.mimickit.classify import Classification, ExitInfo, classify, row_has_nan, scan_live, split_lines
 from mkd.mimickit.console import ConsoleParser, IterationRow
 from mkd.mimickit.logtxt import parse_log_txt
 from mkd.mimickit.results import TestResult, check_train_artifacts

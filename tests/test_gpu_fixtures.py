@@ -8,8 +8,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mkd.classify import ExitInfo, FailureClass, classify, scan_live, split_lines
-from mkd.explain import explain_file
+from mkd.client.explain import explain_file
+from mkd.failures import FailureClass
+from mkd.mimickit.classify import ExitInfo, classify, scan_live, split_lines
 from mkd.mimickit.console import ConsoleParser
 from mkd.mimickit.logtxt import parse_log_txt
 from mkd.mimickit.results import parse_test_result

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mkd.install_service import (
+from mkd.client.install_service import (
     CONFIG,
     INCOMING_DIR,
     STATE_DIR,

@@ -15,8 +15,8 @@ from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, PlainSerializer
 from pydantic.fields import FieldInfo
 
+from mkd.client.install_service import config_template, render_config
 from mkd.config import DaemonConfig, Paths, default_config_text
-from mkd.install_service import config_template, render_config
 from mkd.jobfile import JobFileError, load_text
 from mkd.layout import DEFAULT_MIMICKIT_DIR, DEFAULT_PATHS, SCHEMA, Layout, Rule, layout_from_text
 from mkd.quantities import parse_duration, parse_size

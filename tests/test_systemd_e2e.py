@@ -7,7 +7,7 @@ Run:
 
 The container boots the cached rootfs with --volatile=overlay (changes go to a tmpfs
 and vanish), with no network. The checkout under test is copied in and installed into
-the rootfs' venv, then `mkd.install_service` installs the unit as on a host.
+the rootfs' venv, then `mkd.client.install_service` installs the unit as on a host.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
             VENV_PYTHON, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-build-isolation",
             "--disable-pip-version-check", "-e", "/opt/mkd/src", timeout=120,
         )  # fmt: skip
-        print(container.run(VENV_PYTHON, "-m", "mkd.install_service", "--python", VENV_PYTHON))
+        print(container.run(VENV_PYTHON, "-m", "mkd.client.install_service", "--python", VENV_PYTHON))
         TIMINGS["install"] = time.monotonic() - started
         yield container
     finally:

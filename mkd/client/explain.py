@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mkd.classify import Classification, ExitInfo, classify, split_lines
 from mkd.fsutil import read_json
+from mkd.mimickit.classify import Classification, ExitInfo, classify, split_lines
 from mkd.mimickit.console import ConsoleParser
 
 _HEAD_BYTES = 1 << 20  # multi-device markers are printed at start-up

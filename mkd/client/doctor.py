@@ -14,9 +14,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkd.checkout_files import MOTION_KEY
 from mkd.config import RUNBOOK_NCCL, DaemonConfig, Layout
 from mkd.gpus import GpuSampler
+from mkd.mimickit.checkout_files import MOTION_KEY
 from mkd.workload import display_available
 
 # Seen in real runs (mimickit.md section 5.1): newton 1.8.0 and warp-lang 1.19.0 fail.

@@ -52,7 +52,7 @@ DIRECTORIES = (
 # Device groups the runs may need (/dev/dri for the visualize stage); joined if they exist.
 GPU_GROUPS = ("video", "render")
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class InstallError(Exception):

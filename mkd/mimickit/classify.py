@@ -17,28 +17,10 @@ import re
 import signal as signals
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
+from mkd.failures import FailureClass
 from mkd.mimickit.console import ConsoleParser, IterationRow
 from mkd.mimickit.results import parse_test_result
-
-
-class FailureClass(StrEnum):
-    STARTUP_MULTI_DEVICE = "startup_multi_device"  # runbook class A
-    WARMUP_OUTPUTS_MISSING = "warmup_outputs_missing"  # runbook class B
-    LONG_RUN_EXITED = "long_run_exited"  # runbook class C
-    NCCL_ABORT_HANG = "nccl_abort_hang"  # runbook class D
-    CUDA_OOM = "cuda_oom"
-    PORT_IN_USE = "port_in_use"
-    VISUALIZE_GL = "visualize_gl"
-    NAN_DIVERGENCE = "nan_divergence"
-    ENV_MISMATCH = "env_mismatch"
-    CONFIG_ERROR = "config_error"
-    STALL = "stall"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    KILLED = "killed"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -319,6 +301,7 @@ REMEDIES: dict[FailureClass, str] = {
     _F.TIMEOUT: "Kill the process group; the stage ran past its time limit.",
     _F.CANCELLED: "Nothing to do: the attempt was cancelled on request.",
     _F.KILLED: "Retry; something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg.",
+    _F.LOST: "Retry; the shim died without recording how the run ended (mkd killed what was left of its group).",
     _F.UNKNOWN: "Read the evidence; retry once before treating it as permanent.",
 }
 
