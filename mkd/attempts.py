@@ -20,9 +20,11 @@ from typing import Any
 
 from mkd import postmortem, report
 from mkd.config import DaemonConfig, Layout
-from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
+from mkd.engine import ExitRecord, LaunchSpec, child_info
+from mkd.executors.base import Executor, LaunchRequest, RunRef, RunStatus
+from mkd.executors.local import LocalExecutor
 from mkd.failures import FailureClass
-from mkd.fsutil import atomic_write, atomic_write_json, read_json
+from mkd.fsutil import atomic_write, atomic_write_json
 from mkd.gpu_report import gpu_report_line
 from mkd.gpus import GpuReading, attribute_processes
 from mkd.live import LiveAttempt
@@ -30,7 +32,7 @@ from mkd.mimickit.classify import ExitInfo, classify, row_has_nan, scan_live
 from mkd.mimickit.results import check_train_artifacts
 from mkd.mirror import place_job_file
 from mkd.policy import Decision, Observation, decide
-from mkd.procs import find_by_argv_tail, read_stat, start_ticks
+from mkd.procs import read_stat
 from mkd.scheduler import Placement, Request, foreign_bytes, place
 from mkd.snapshot import DaemonView, JobView
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
@@ -70,6 +72,7 @@ class AttemptRunner:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -77,7 +80,7 @@ class AttemptRunner:
         self.clock = clock
         self.wall = wall
         self.rng = rng or random.Random()
-        self.engine = Engine()
+        self.executor: Executor = executor if executor is not None else LocalExecutor()
         self.live: dict[int, LiveAttempt] = {}
         self.gpu = GpuReading.unavailable("no GPU sample yet", 0.0)
         self._specs: dict[str, JobSpec] = {}
@@ -305,19 +308,28 @@ class AttemptRunner:
             now=self.wall(),
         )
         console = attempt_dir / "console.log"
-        handle = self.engine.launch(
-            attempt_dir,
-            LaunchSpec(
-                argv=command.argv,
-                env=command.env,
-                cwd=command.cwd,
-                console=console,
-                grace_seconds=spec.watch.stop_grace.total_seconds(),
-                log_max_bytes=self.config.console_log_max,
-                log_backups=self.config.console_log_backups,
-            ),
+        handle = self.executor.launch(
+            LaunchRequest(
+                job_id=job.job_id,
+                attempt_number=attempt.number,
+                stage_label=label,
+                attempt_dir=attempt_dir,
+                spec=LaunchSpec(
+                    argv=command.argv,
+                    env=command.env,
+                    cwd=command.cwd,
+                    console=console,
+                    grace_seconds=spec.watch.stop_grace.total_seconds(),
+                    log_max_bytes=self.config.console_log_max,
+                    log_backups=self.config.console_log_backups,
+                ),
+                gpu_count=int(plan.get("gpus", 0)),
+                gpu_indices=placement.indices,
+            )
         )
-        self.store.update_attempt(attempt.id, shim_pid=handle.pid, shim_start=handle.start_ticks)
+        self.store.update_attempt(
+            attempt.id, shim_pid=handle.pid, shim_start=handle.start_ticks, run_ref=handle.to_json()
+        )
         self.live[attempt.id] = LiveAttempt(
             attempt_id=attempt.id,
             job_id=job.job_id,
@@ -382,14 +394,13 @@ class AttemptRunner:
 
     def _pgid(self, live: LiveAttempt) -> int | None:
         if live.pgid is None:
-            child = self.engine.child(live.dir)
-            live.pgid = child.pgid if child is not None else None
+            live.pgid = self.executor.process_group(live.dir)
         return live.pgid
 
     # --- observing --------------------------------------------------------------------------
 
     def observe(self, now: float) -> None:
-        self.engine.reap()
+        self.executor.tick()
         self._progress_due = []
         for live in list(self.live.values()):
             try:
@@ -417,12 +428,28 @@ class AttemptRunner:
         elif live.stop_sent_mono is not None:
             grace = self._grace(live)
             if now - live.stop_sent_mono > grace + STOP_ESCALATE_EXTRA_SECONDS:
-                self.engine.stop(live.handle, live.dir, now_kill=True)
-        exit = self.engine.poll(live.dir, live.handle)
+                self.executor.stop(live.handle, live.dir, kill_now=True)
+        status = self.executor.poll(live.handle, live.dir)
+        self._note_status(live, status)
+        exit = status.exit
         if exit is not None:
             with self.store.batch():  # the attempt's end and its decision land together, or neither
                 self._finish(live, exit, now)
             del self.live[live.attempt_id]
+
+    def _note_status(self, live: LiveAttempt, status: RunStatus) -> None:
+        """What an outside scheduler says: why the run still waits, and which GPUs it was given."""
+        if status.pending_reason != live.pending_reason:
+            live.pending_reason = status.pending_reason
+            if status.pending_reason:
+                self.store.update_job(live.job_id, self.wall(), reason=f"waiting: {status.pending_reason}")
+        if status.granted_gpus is not None and status.granted_gpus != live.granted_gpus:
+            live.granted_gpus = status.granted_gpus
+            attempt = self.store.get_attempt(live.attempt_id)
+            if attempt is not None:
+                params = {**attempt.params, "granted_gpus": list(status.granted_gpus), "node": status.node}
+                self.store.update_attempt(live.attempt_id, params=params)
+            self._event(live.job_id, "gpus", f"the executor gave it GPU(s) {','.join(status.granted_gpus) or '-'}")
 
     def _grace(self, live: LiveAttempt) -> float:
         return self._spec_of(live.job_id).watch.stop_grace.total_seconds()
@@ -494,10 +521,10 @@ class AttemptRunner:
         live.stop_evidence = tuple(evidence)
         live.stop_sent_mono = now
         if reason not in ("cancelled", PASSED_EARLY, "shutdown"):
-            postmortem.write_bundle(live.dir, live.console, self.gpu, self.engine.child(live.dir))
+            postmortem.write_bundle(live.dir, live.console, self.gpu, child_info(live.dir))
         self._event(live.job_id, "stop", f"stopping attempt: {reason}", {"evidence": list(evidence)})
         self.store.update_attempt(live.attempt_id, state=AttemptState.STOPPING, stop_reason=reason)
-        self.engine.stop(live.handle, live.dir, now_kill=kill_now)
+        self.executor.stop(live.handle, live.dir, kill_now=kill_now)
 
     # --- finishing --------------------------------------------------------------------------
 
@@ -535,7 +562,7 @@ class AttemptRunner:
     ) -> tuple[str | None, tuple[str, ...], bool]:
         """(failure class or None, evidence, permanent) for an ended attempt."""
         if exit.lost:
-            killed = self.engine.kill_orphaned_group(live.dir)
+            killed = self.executor.kill_leftovers(live.handle, live.dir)
             evidence = [f"the attempt's shim died without an exit record; {killed} process(es) killed"]
             if _disk_full(live.dir):
                 evidence.append(f"the disk of {live.dir} is full (No space left on device)")
@@ -869,19 +896,22 @@ class AttemptRunner:
     def restore(self, now: float) -> None:
         """Re-adopt attempts recorded as running; a dead one is finished with its real exit status."""
         for attempt in self.store.attempts(live_only=True):
-            handle = self._handle_for(attempt)
+            attempt_dir = Path(attempt.dir)
+            recorded = RunRef.from_json(attempt.run_ref) if attempt.run_ref else None
+            if recorded is None and attempt.shim_pid:
+                recorded = RunRef(pid=attempt.shim_pid, start_ticks=attempt.shim_start)
+            handle = self.executor.adopt(recorded, attempt_dir)
             job = self.store.get_job(attempt.job_id)
             assert job is not None
             spec = self.spec(job)
             stage = spec.effective_stages[attempt.stage_index]
-            attempt_dir = Path(attempt.dir)
             started = now - max(0.0, self.wall() - attempt.started_at)
             live = LiveAttempt(
                 attempt_id=attempt.id,
                 job_id=attempt.job_id,
                 dir=attempt_dir,
                 console=attempt_dir / "console.log",
-                handle=handle or ShimHandle(0, None),
+                handle=handle or RunRef(),
                 started_mono=started,
                 gpu_indices=tuple(attempt.params.get("gpu_indices", [])),
                 gpu_uuids=tuple(attempt.params.get("gpu_uuids", [])),
@@ -895,11 +925,15 @@ class AttemptRunner:
             if live.last is not None:
                 live.last_progress_mono = now
             self.live[attempt.id] = live
-            child = self.engine.child(attempt_dir)
-            alive = handle is not None and self.engine.shim_alive(handle)
+            child = child_info(attempt_dir)
+            alive = handle is not None and self.executor.poll(handle, attempt_dir).exit is None
+            where = (
+                f"Slurm job {handle.slurm_job_id}"
+                if handle and handle.slurm_job_id
+                else f"shim {handle.pid if handle else '-'}"
+            )
             message = (
-                f"re-adopted attempt {attempt.number} (shim {handle.pid if handle else '-'}, "
-                f"run pid {child.pid if child else '-'})"
+                f"re-adopted attempt {attempt.number} ({where}, run pid {child.pid if child else '-'})"
                 if alive
                 else f"attempt {attempt.number} ended while mkd was down"
             )
@@ -913,22 +947,6 @@ class AttemptRunner:
                     plan=attempt.params,
                     next_attempt_at=None,
                 )
-
-    def _handle_for(self, attempt: AttemptRecord) -> ShimHandle | None:
-        """The attempt's shim: recorded in the store, or (killed before recording it) found by its argv."""
-        if attempt.shim_pid:
-            return ShimHandle(attempt.shim_pid, attempt.shim_start)
-        tail = ["-m", "mkd.shim", attempt.dir]
-        if (Path(attempt.dir) / "launch.json").exists():
-            deadline = time.monotonic() + 2.0
-            while not find_by_argv_tail(tail) and time.monotonic() < deadline:
-                time.sleep(0.05)  # posix_spawn may not have reached exec yet
-        for pid in find_by_argv_tail(tail):
-            return ShimHandle(pid, start_ticks(pid))
-        data = read_json(Path(attempt.dir) / "shim.json")
-        if isinstance(data, dict):
-            return ShimHandle(int(data["pid"]), data.get("start_ticks"))
-        return None
 
     # --- GPUs, status and the published view ------------------------------------------------
 
@@ -1080,6 +1098,12 @@ def _outcome(exit: ExitRecord, live: LiveAttempt, failure: str | None) -> str:
     if exit.signal is not None:
         return Outcome.KILLED
     return Outcome.SUCCEEDED if failure is None else Outcome.FAILED
+
+
+def _where(handle: RunRef | None) -> str:
+    if handle is not None and handle.slurm_job_id:
+        return f"Slurm job {handle.slurm_job_id}"
+    return f"shim {handle.pid if handle else '-'}"
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 from mkd import report
 from mkd.attempts import AttemptRunner
 from mkd.config import DaemonConfig, Layout
+from mkd.executors.base import Executor
 from mkd.gpus import GpuReading, GpuSampler
 from mkd.intake import Intake
 from mkd.sdnotify import Notifier
@@ -50,6 +51,7 @@ class Daemon:
         rng: random.Random | None = None,
         metrics: bool | None = None,
         reload: Callable[[], DaemonConfig] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -60,6 +62,7 @@ class Daemon:
         self.rng = rng or random.Random()
         self.metrics_enabled = config.metrics.enabled if metrics is None else metrics
         self.load_config = reload
+        self.executor = executor
         self.wake = threading.Event()
         self.stop_requests = 0
         self.reload_requested = False
@@ -84,7 +87,13 @@ class Daemon:
         self.store = Store.open(self.layout.db)
         self.intake = Intake(self.config, self.layout, self.store, wall=self.wall)
         self.runner = AttemptRunner(
-            self.config, self.layout, self.store, clock=self.clock, wall=self.wall, rng=self.rng
+            self.config,
+            self.layout,
+            self.store,
+            clock=self.clock,
+            wall=self.wall,
+            rng=self.rng,
+            executor=self.executor,
         )
         self.runner.gpu = self.sampler.sample()
         recovered = self.intake.recover_claims()
@@ -107,7 +116,7 @@ class Daemon:
             self._watcher.stop()
         if self._metrics is not None:
             self._metrics.stop()
-        self.runner.engine.close()
+        self.runner.executor.close()
         self.sampler.close()
         self.store.close()
         if self._lock_fd is not None:

@@ -126,10 +126,7 @@ class Engine:
         return ExitRecord(None, None, False, 0, None, lost=True)
 
     def child(self, attempt_dir: Path) -> ChildInfo | None:
-        data = read_json(attempt_dir / "child.json")
-        if not isinstance(data, dict):
-            return None
-        return ChildInfo(int(data["pid"]), int(data["pgid"]), data.get("start_ticks"))
+        return child_info(attempt_dir)
 
     def stop(self, handle: ShimHandle, attempt_dir: Path, *, now_kill: bool = False) -> None:
         """Ask the shim to stop the run (SIGTERM, SIGKILL after the grace); a second call kills."""
@@ -152,14 +149,18 @@ class Engine:
             signal_group(child.pgid, signal.SIGKILL)
         return len(members)
 
-    def group_alive(self, attempt_dir: Path) -> bool:
-        child = self.child(attempt_dir)
-        return child is not None and bool(group_members(child.pgid))
-
     def close(self) -> None:
         """Forget the shims; they and their runs keep going without the daemon."""
         self.reap()
         self._children.clear()
+
+
+def child_info(attempt_dir: Path) -> ChildInfo | None:
+    """The run's root process as its shim recorded it (child.json), wherever the shim ran."""
+    data = read_json(attempt_dir / "child.json")
+    if not isinstance(data, dict):
+        return None
+    return ChildInfo(int(data["pid"]), int(data["pgid"]), data.get("start_ticks"))
 
 
 def shim_argv(python: str, attempt_dir: Path) -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mkd.engine import ShimHandle
+from mkd.executors.base import RunRef
 from mkd.mimickit.console import ConsoleParser, IterationRow
 
 READ_CHUNK = 1 << 20
@@ -29,7 +29,7 @@ class LiveAttempt:
     job_id: str
     dir: Path
     console: Path
-    handle: ShimHandle
+    handle: RunRef
     started_mono: float
     gpu_indices: tuple[int, ...] = ()
     gpu_uuids: tuple[str, ...] = ()
@@ -42,6 +42,8 @@ class LiveAttempt:
     stop_evidence: tuple[str, ...] = ()
     stop_sent_mono: float | None = None
     pgid: int | None = None  # the run's process group, from child.json once the shim wrote it
+    pending_reason: str | None = None  # why an outside scheduler (Slurm) has not started it yet
+    granted_gpus: tuple[str, ...] | None = None  # what an outside scheduler gave it
     rates: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     util_samples: list[float] = field(default_factory=list)
     best_test_return: float | None = None

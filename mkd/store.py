@@ -117,6 +117,7 @@ ATTEMPT_COLUMNS = [
     "evidence",
     "stop_reason",
     "progress",
+    "run_ref",
 ]
 
 
@@ -165,6 +166,7 @@ class AttemptRecord:
     evidence: list[str]
     stop_reason: str | None
     progress: dict[str, Any] = field(default_factory=dict)
+    run_ref: dict[str, Any] = field(default_factory=dict)  # the executor's handle (mkd.executors.base.RunRef)
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ class Event:
 
 
 _JSON_JOB = {"spec", "stage_data", "plan"}
-_JSON_ATTEMPT = {"params", "evidence", "progress"}
+_JSON_ATTEMPT = {"params", "evidence", "progress", "run_ref"}
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
@@ -571,6 +573,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "published" not in columns:
         conn.execute("ALTER TABLE jobs ADD COLUMN published INTEGER NOT NULL DEFAULT 0")
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs(job_id) WHERE published = 0")
+    if "run_ref" not in {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}:
+        conn.execute("ALTER TABLE attempts ADD COLUMN run_ref TEXT NOT NULL DEFAULT '{}'")
 
 
 def wall_now() -> float:
