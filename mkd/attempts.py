@@ -247,17 +247,24 @@ class AttemptRunner:
         return self._memory_freed(job, spec, found)
 
     def _memory_freed(self, job: JobRecord, spec: JobSpec, placement: Placement) -> Placement | str:
-        """Before a retry on the same GPUs, wait (bounded) until the dead attempt's memory is gone."""
+        """Before a retry on the same GPUs, wait (bounded) until the dead attempt's own GPU processes are gone.
+
+        Only its processes count: another user's process on a shared GPU is not going away, and
+        waiting for it cost every retry the whole bound.
+        """
         last_end = job.stage_data.get("last_end_wall")
         last_gpus = set(job.stage_data.get("last_gpus", []))
+        dead = {int(pid) for pid in job.stage_data.get("last_gpu_pids", [])}
         if not last_end or self.wall() - float(last_end) > spec.watch.gpu_memory_free_wait.total_seconds():
             return placement
-        mine = self.mkd_pids()
         for gpu in self.gpu.gpus:
             if gpu.uuid in last_gpus and gpu.uuid in placement.uuids:
-                left = foreign_bytes(gpu, mine)
-                if left > self.config.gpu.memory_freed_below:
-                    return f"waiting for GPU{gpu.index} memory to be freed after the last attempt ({left >> 20} MiB)"
+                left = [p for p in gpu.processes if p.pid in dead]
+                held_bytes = sum(p.used_bytes or 0 for p in left)
+                if left and held_bytes > self.config.gpu.memory_freed_below:
+                    held = held_bytes >> 20
+                    pids = " ".join(str(p.pid) for p in left)
+                    return f"waiting for the last attempt's process(es) {pids} to leave GPU{gpu.index} ({held} MiB)"
         return placement
 
     def _launch(
@@ -622,6 +629,7 @@ class AttemptRunner:
         data = dict(job.stage_data)
         data["last_end_wall"] = self.wall()
         data["last_gpus"] = list(live.gpu_uuids)
+        data["last_gpu_pids"] = sorted(live.gpu_pids)
         data["attempts"] = int(data.get("attempts", 0)) + 1
         data["no_progress"] = 0 if had_progress else int(data.get("no_progress", 0)) + 1
         if stage.kind == "probe":
@@ -954,7 +962,9 @@ class AttemptRunner:
         self.gpu = reading
         self._gpu_generation += 1
         by_uuid = {g.uuid: g for g in reading.gpus}
+        owners = self.gpu_owners()
         for live in self.live.values():
+            live.gpu_pids.update(pid for pid, job_id in owners.items() if job_id == live.job_id)
             found = [by_uuid[u].utilization_pct for u in live.gpu_uuids if u in by_uuid]
             utils = [u for u in found if u is not None]
             if utils:

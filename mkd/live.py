@@ -44,6 +44,7 @@ class LiveAttempt:
     pgid: int | None = None  # the run's process group, from child.json once the shim wrote it
     pending_reason: str | None = None  # why an outside scheduler (Slurm) has not started it yet
     granted_gpus: tuple[str, ...] | None = None  # what an outside scheduler gave it
+    gpu_pids: set[int] = field(default_factory=set)  # its processes NVML has listed (a retry waits for them)
     rates: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     util_samples: list[float] = field(default_factory=list)
     best_test_return: float | None = None
