@@ -28,7 +28,7 @@ from mkd.fsutil import atomic_write, atomic_write_json
 from mkd.gpu_report import gpu_report_line
 from mkd.gpus import GpuReading, attribute_processes
 from mkd.live import LiveAttempt
-from mkd.mimickit.classify import ExitInfo, classify, row_has_nan, scan_live
+from mkd.mimickit.classify import row_has_nan, scan_live
 from mkd.mimickit.results import check_train_artifacts
 from mkd.mirror import place_job_file
 from mkd.policy import Decision, Observation, decide
@@ -45,8 +45,9 @@ from mkd.stages import (
     sweep_point_plan,
     sweep_tsv,
 )
-from mkd.states import LIVE, AttemptState, JobState, Outcome
+from mkd.states import LIVE, AttemptState, JobState
 from mkd.store import AttemptRecord, JobRecord, Store, StoreError
+from mkd.verdict import AttemptEnd, judge, judge_error
 from mkd.workload import TRAIN_KINDS, build_command, display_available, stage_timeout, write_derived_agent_config
 
 log = logging.getLogger("mkd.attempts")
@@ -440,9 +441,34 @@ class AttemptRunner:
         self._note_status(live, status)
         exit = status.exit
         if exit is not None:
-            with self.store.batch():  # the attempt's end and its decision land together, or neither
-                self._finish(live, exit, now)
+            try:
+                with self.store.batch():  # the attempt's end and its decision land together, or neither
+                    self._finish(live, exit, now)
+            except StoreError:
+                raise
+            except Exception as error:  # ended for good: never judged again at the next tick
+                log.exception("job %s: error while finishing attempt %d", live.job_id, live.attempt_id)
+                self.store.bump("internal_errors_total")
+                self._fail_attempt(live, exit, error)
             del self.live[live.attempt_id]
+
+    def _fail_attempt(self, live: LiveAttempt, exit: ExitRecord, error: Exception) -> None:
+        """The attempt's end could not be decided: record it as mkd's error and fail the job, with the evidence."""
+        verdict = judge_error(error)
+        with self.store.batch():
+            self.store.update_attempt(
+                live.attempt_id,
+                state=AttemptState.ENDED,
+                ended_at=self.wall(),
+                returncode=exit.returncode,
+                signal=exit.signal,
+                outcome=verdict.outcome,
+                failure_class=FailureClass.MKD_ERROR.value,
+                evidence=list(verdict.evidence),
+            )
+            job = self.store.get_job(live.job_id)
+            if job is not None and not job.state.finished:
+                self._set_state(job, JobState.FAILED, verdict.evidence[0])
 
     def _note_status(self, live: LiveAttempt, status: RunStatus) -> None:
         """What an outside scheduler says: why the run still waits, and which GPUs it was given."""
@@ -542,8 +568,14 @@ class AttemptRunner:
         assert job is not None and attempt is not None
         spec = self.spec(job)
         stage = spec.effective_stages[attempt.stage_index]
-        failure, evidence, permanent = self._evaluate(live, exit, stage, attempt)
-        outcome = _outcome(exit, live, failure)
+        try:
+            verdict = judge(self._attempt_end(live, exit, stage, attempt))
+        except Exception as error:  # one attempt mkd cannot judge must end, not be judged again each tick
+            log.exception("job %s: cannot judge attempt %d", live.job_id, live.attempt_id)
+            self.store.bump("internal_errors_total")
+            verdict = judge_error(error)
+        failure = None if verdict.failure is None else verdict.failure.value
+        evidence, permanent = verdict.evidence, verdict.permanent
         progress = live.progress()
         self.store.update_attempt(
             live.attempt_id,
@@ -551,7 +583,7 @@ class AttemptRunner:
             ended_at=self.wall(),
             returncode=exit.returncode,
             signal=exit.signal,
-            outcome=outcome,
+            outcome=verdict.outcome,
             failure_class=failure,
             evidence=list(evidence),
             progress=progress,
@@ -564,55 +596,23 @@ class AttemptRunner:
         attempt = replace(attempt, progress=progress)
         self._after(job, spec, stage, attempt, live, failure, permanent, had_progress)
 
-    def _evaluate(
-        self, live: LiveAttempt, exit: ExitRecord, stage: Stage, attempt: AttemptRecord
-    ) -> tuple[str | None, tuple[str, ...], bool]:
-        """(failure class or None, evidence, permanent) for an ended attempt."""
-        if exit.lost:
-            killed = self.executor.kill_leftovers(live.handle, live.dir)
-            evidence = [f"the attempt's shim died without an exit record; {killed} process(es) killed"]
-            if _disk_full(live.dir):
-                evidence.append(f"the disk of {live.dir} is full (No space left on device)")
-            return "lost", tuple(evidence), False
-        if exit.spawn_error:
-            return FailureClass.CONFIG_ERROR.value, (exit.spawn_error,), True
-        if live.stop_reason == PASSED_EARLY:
-            return None, (), False
-        if live.stop_reason in LIVE_SIGNATURE_CLASSES:
-            # killed on a live signature: the whole log, read now, may say more precisely why
-            again = classify(
-                _tail(live.console),
-                ExitInfo(1, None),
-                multi_device=int(attempt.params.get("processes", 1)) > 1,
-                stage_kind="probe" if stage.kind == "sweep" else stage.kind,
-                had_progress=live.last is not None,
-            )
-            if again is not None and again.failure not in (FailureClass.UNKNOWN, FailureClass.LONG_RUN_EXITED):
-                return again.failure.value, again.evidence, again.permanent
-        if live.stop_reason is not None:
-            return live.stop_reason, live.stop_evidence, live.stop_reason == FailureClass.NAN_DIVERGENCE.value
-        tail = _tail(live.console)
-        if stage.kind == "command":
-            return _command_failure(exit, tail)
-        out_dir = live.dir / "out"
-        artifacts = check_train_artifacts(out_dir) if stage.kind in TRAIN_KINDS else {}
-        checks = stage.checks
-        missing = [name for name, ok in artifacts.items() if not ok and name.replace(".", "_") in checks]
-        result = classify(
-            tail,
-            ExitInfo(exit.returncode, exit.signal),
+    def _attempt_end(self, live: LiveAttempt, exit: ExitRecord, stage: Stage, attempt: AttemptRecord) -> AttemptEnd:
+        """Read what the verdict looks at; a lost run's leftovers are killed first."""
+        lost = exit.lost
+        return AttemptEnd(
+            exit=exit,
+            stage_kind=stage.kind,
+            console_tail=_tail(live.console),
+            checks=tuple(stage.checks),
+            artifacts=check_train_artifacts(live.dir / "out") if stage.kind in TRAIN_KINDS else None,
             multi_device=int(attempt.params.get("processes", 1)) > 1,
-            stage_kind="probe" if stage.kind == "sweep" else stage.kind,
-            outputs_missing=bool(missing) and exit.returncode == 0,
             had_progress=live.last is not None,
+            test_result_seen=live.parser.test_result is not None,
+            stop_reason=live.stop_reason,
+            stop_evidence=live.stop_evidence,
+            leftovers_killed=self.executor.kill_leftovers(live.handle, live.dir) if lost else 0,
+            disk_full=lost and _disk_full(live.dir),
         )
-        if result is not None:
-            return result.failure.value, result.evidence, result.permanent
-        if "mean_return" in checks and live.parser.test_result is None:
-            return FailureClass.UNKNOWN.value, ("exited 0 but printed no Mean Return",), False
-        if "exit_zero" in checks and exit.returncode != 0:
-            return FailureClass.UNKNOWN.value, (f"exit status {exit.returncode} signal {exit.signal}",), False
-        return None, (), False
 
     def _after(
         self,
@@ -1098,18 +1098,6 @@ class AttemptRunner:
         )
 
 
-def _outcome(exit: ExitRecord, live: LiveAttempt, failure: str | None) -> str:
-    if exit.lost:
-        return Outcome.LOST
-    if exit.spawn_error:
-        return Outcome.SPAWN_FAILED
-    if live.stop_reason is not None:
-        return Outcome.SUCCEEDED if failure is None else Outcome.STOPPED
-    if exit.signal is not None:
-        return Outcome.KILLED
-    return Outcome.SUCCEEDED if failure is None else Outcome.FAILED
-
-
 def _where(handle: RunRef | None) -> str:
     if handle is not None and handle.slurm_job_id:
         return f"Slurm job {handle.slurm_job_id}"
@@ -1132,16 +1120,6 @@ def _disk_full(path: Path) -> bool:
         return os.statvfs(path).f_bavail == 0
     except OSError:
         return False
-
-
-def _command_failure(exit: ExitRecord, tail: str) -> tuple[str | None, tuple[str, ...], bool]:
-    """A plain command has no log signatures: its exit status decides."""
-    if exit.returncode == 0:
-        return None, (), False
-    last = tuple(tail.replace("\r", "\n").splitlines()[-5:])
-    if exit.signal is not None:
-        return FailureClass.KILLED.value, (f"killed by signal {exit.signal}", *last), False
-    return FailureClass.UNKNOWN.value, (f"exit status {exit.returncode}", *last), False
 
 
 def _tail(path: Path) -> str:

@@ -24,6 +24,7 @@ class FailureClass(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     KILLED = "killed"
+    MKD_ERROR = "mkd_error"  # mkd itself failed while judging the attempt (a bug: the evidence says where)
     LOST = "lost"  # the shim died without an exit record (mkd cannot know how the run ended)
     UNKNOWN = "unknown"
 

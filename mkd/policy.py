@@ -35,6 +35,7 @@ DEFAULT_STEPS: dict[str, tuple[ClassAction, ...]] = {
     "nan_divergence": ("give_up",),
     "env_mismatch": ("give_up",),
     "config_error": ("give_up",),
+    "mkd_error": ("give_up",),
 }
 
 

@@ -301,6 +301,7 @@ REMEDIES: dict[FailureClass, str] = {
     _F.TIMEOUT: "Kill the process group; the stage ran past its time limit.",
     _F.CANCELLED: "Nothing to do: the attempt was cancelled on request.",
     _F.KILLED: "Retry; something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg.",
+    _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error.",
     _F.LOST: "Retry; the shim died without recording how the run ended (mkd killed what was left of its group).",
     _F.UNKNOWN: "Read the evidence; retry once before treating it as permanent.",
 }
