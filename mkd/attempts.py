@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mkd import postmortem, report
+from mkd.book import Book
 from mkd.config import DaemonConfig, Layout
 from mkd.engine import ExitRecord, LaunchSpec, child_info
 from mkd.executors.base import Executor, LaunchRequest, RunRef, RunStatus
@@ -27,27 +28,20 @@ from mkd.failures import FailureClass
 from mkd.fsutil import atomic_write, atomic_write_json
 from mkd.gpu_report import gpu_report_line
 from mkd.gpus import GpuReading, attribute_processes
+from mkd.lifecycle import Ended, Job, after_attempt, skip_stage
 from mkd.live import LiveAttempt
-from mkd.mimickit.classify import row_has_nan, scan_live
+from mkd.livecheck import RunFacts, check
+from mkd.memory import Plan
 from mkd.mimickit.results import check_train_artifacts
 from mkd.mirror import place_job_file
-from mkd.policy import Decision, Observation, decide
 from mkd.procs import read_stat
 from mkd.scheduler import Placement, Request, foreign_bytes, place
 from mkd.snapshot import DaemonView, JobView
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
-from mkd.stages import (
-    CAPACITY_FAILURES,
-    initial_plan,
-    probe_record,
-    probe_samples,
-    sweep_best,
-    sweep_point_plan,
-    sweep_tsv,
-)
+from mkd.stages import plan_stage, probe_samples
 from mkd.states import LIVE, AttemptState, JobState
 from mkd.store import AttemptRecord, JobRecord, Store, StoreError
-from mkd.verdict import AttemptEnd, judge, judge_error
+from mkd.verdict import AttemptEnd, Verdict, judge, judge_error
 from mkd.workload import TRAIN_KINDS, build_command, display_available, stage_timeout, write_derived_agent_config
 
 log = logging.getLogger("mkd.attempts")
@@ -82,6 +76,7 @@ class AttemptRunner:
         self.wall = wall
         self.rng = rng or random.Random()
         self.executor: Executor = executor if executor is not None else LocalExecutor()
+        self.book = Book(store, wall, layout.runs_dir)
         self.live: dict[int, LiveAttempt] = {}
         self.gpu = GpuReading.unavailable("no GPU sample yet", 0.0)
         self._specs: dict[str, JobSpec] = {}
@@ -208,14 +203,17 @@ class AttemptRunner:
         stages = spec.effective_stages
         stage = stages[job.stage_index]
         label = stage.label(job.stage_index)
-        plan = job.plan or initial_plan(spec, stage, job.stage_data)
-        if not job.plan:
-            self.store.update_job(job.job_id, self.wall(), plan=plan, stage_data=job.stage_data)
+        plan = job.plan
+        if plan is None:
+            plan, memory = plan_stage(spec, stage, job.memory)
+            self.store.update_job(job.job_id, self.wall(), plan=plan, memory=memory)
+            job = replace(job, plan=plan, memory=memory)
         if stage.kind == "visualize":
             ok, why = display_available(_env() | dict(self.config.base_env) | dict(spec.env))
             if not ok:
-                self._stage_result(job, label, {"skipped": why})
-                self._advance(job, spec, f"visualize stage {label} skipped: {why}")
+                step = skip_stage(self._lifecycle_job(job, spec), why, running=job.state is not JobState.QUEUED)
+                self.book.apply(job.job_id, step)
+                self.poke()
                 return
         placement = self._place(job, spec, plan)
         if isinstance(placement, str):
@@ -227,14 +225,14 @@ class AttemptRunner:
         self._waiting.pop(job.job_id, None)
         self._launch(job, spec, stage, label, plan, placement, now)
 
-    def _place(self, job: JobRecord, spec: JobSpec, plan: dict[str, Any]) -> Placement | str:
+    def _place(self, job: JobRecord, spec: JobSpec, plan: Plan) -> Placement | str:
         resources = spec.resources
         named = None
         if resources.devices is not None:
             named = tuple(int(d.split(":")[1]) for d in resources.devices if d.startswith("cuda"))
         request = Request(
-            count=int(plan.get("gpus", 0)),
-            named=named[: int(plan.get("gpus", 0))] if named else None,
+            count=plan.gpus,
+            named=named[: plan.gpus] if named else None,
             share=resources.share,
             min_free_bytes=resources.min_free_memory,
         )
@@ -253,10 +251,10 @@ class AttemptRunner:
         Only its processes count: another user's process on a shared GPU is not going away, and
         waiting for it cost every retry the whole bound.
         """
-        last_end = job.stage_data.get("last_end_wall")
-        last_gpus = set(job.stage_data.get("last_gpus", []))
-        dead = {int(pid) for pid in job.stage_data.get("last_gpu_pids", [])}
-        if not last_end or self.wall() - float(last_end) > spec.watch.gpu_memory_free_wait.total_seconds():
+        last_end = job.memory.stage.last_end_wall
+        last_gpus = set(job.memory.stage.last_gpus)
+        dead = set(job.memory.stage.last_gpu_pids)
+        if not last_end or self.wall() - last_end > spec.watch.gpu_memory_free_wait.total_seconds():
             return placement
         for gpu in self.gpu.gpus:
             if gpu.uuid in last_gpus and gpu.uuid in placement.uuids:
@@ -274,17 +272,15 @@ class AttemptRunner:
         spec: JobSpec,
         stage: Stage,
         label: str,
-        plan: dict[str, Any],
+        plan: Plan,
         placement: Placement,
         now: float,
     ) -> None:
-        plan = dict(plan)
-        if int(plan.get("processes", 1)) > 1 and not plan.get("master_port"):
-            plan["master_port"] = self._free_port()
-        if stage.kind == "probe" and not plan.get("max_samples"):
-            plan["max_samples"] = probe_samples(plan)
-        plan["gpu_indices"] = list(placement.indices)
-        plan["gpu_uuids"] = list(placement.uuids)
+        if plan.processes > 1 and not plan.master_port:
+            plan = replace(plan, master_port=self._free_port())
+        if stage.kind == "probe" and not plan.max_samples:
+            plan = replace(plan, max_samples=probe_samples(plan))
+        plan = replace(plan, gpu_indices=placement.indices, gpu_uuids=placement.uuids)
         number = len(self.store.attempts(job.job_id)) + 1
         attempt_dir = self.job_dir(job.job_id) / "attempts" / f"{number:02d}-{label}"
         attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -331,7 +327,7 @@ class AttemptRunner:
                     log_max_bytes=self.config.console_log_max,
                     log_backups=self.config.console_log_backups,
                 ),
-                gpu_count=int(plan.get("gpus", 0)),
+                gpu_count=plan.gpus,
                 gpu_indices=placement.indices,
             )
         )
@@ -351,7 +347,7 @@ class AttemptRunner:
             stage_kind=stage.kind,
         )
         devices = ",".join(f"GPU{i}" for i in placement.indices) or "no GPU"
-        where = f"num_envs={plan.get('num_envs')} on {devices}" if plan.get("num_envs") else f"on {devices}"
+        where = f"num_envs={plan.num_envs} on {devices}" if plan.num_envs else f"on {devices}"
         self._set_state(
             job,
             JobState.RUNNING,
@@ -360,17 +356,17 @@ class AttemptRunner:
             next_attempt_at=None,
         )
 
-    def _derive_agent_config(self, spec: JobSpec, plan: dict[str, Any], attempt_dir: Path) -> dict[str, Any]:
-        overrides = plan.get("agent_overrides") or {}
+    def _derive_agent_config(self, spec: JobSpec, plan: Plan, attempt_dir: Path) -> Plan:
+        overrides = plan.agent_overrides
         workload = spec.workload
         if not overrides or not isinstance(workload, MimicKitWorkload):
             return plan
         mimickit_dir = Path(workload.mimickit_dir or self.layout.mimickit_dir)
         derived = write_derived_agent_config(workload, overrides, mimickit_dir, attempt_dir / "agent_config.yaml")
-        return {**plan, "agent_config": str(derived)}
+        return replace(plan, agent_config=str(derived))
 
     def _free_port(self) -> int:
-        taken = {int(a.params.get("master_port") or 0) for a in self.store.attempts(live_only=True)}
+        taken = {a.params.master_port or 0 for a in self.store.attempts(live_only=True)}
         while True:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind(("127.0.0.1", 0))
@@ -480,8 +476,8 @@ class AttemptRunner:
             live.granted_gpus = status.granted_gpus
             attempt = self.store.get_attempt(live.attempt_id)
             if attempt is not None:
-                params = {**attempt.params, "granted_gpus": list(status.granted_gpus), "node": status.node}
-                self.store.update_attempt(live.attempt_id, params=params)
+                params = replace(attempt.params, granted_gpus=status.granted_gpus, node=status.node)
+                self.store.update_attempt(live.attempt_id, params=params.to_json())
             self._event(live.job_id, "gpus", f"the executor gave it GPU(s) {','.join(status.granted_gpus) or '-'}")
 
     def _grace(self, live: LiveAttempt) -> float:
@@ -508,35 +504,23 @@ class AttemptRunner:
 
     def _check(self, live: LiveAttempt, lines: list[str], rows: list[Any], now: float) -> None:
         """Signatures that mean "stop it now", NaN, and the clocks: stage timeout, start-up, stall."""
-        hit = scan_live(lines)
-        if hit is not None:
-            self.stop(live, hit.failure.value, hit.evidence, now, kill_now=True)
-            return
-        for row in rows:
-            if row_has_nan(row):
-                evidence = tuple(f"{k} = {v}" for k, v in row.values.items() if str(v) == "nan")
-                self.stop(live, FailureClass.NAN_DIVERGENCE.value, (f"iteration {row.iteration}", *evidence), now)
-                return
         watch = self._spec_of(live.job_id).watch
-        age = now - live.started_mono
-        if live.timeout_seconds is not None and age > live.timeout_seconds:
-            self.stop(
-                live, FailureClass.TIMEOUT.value, (f"stage timeout of {live.timeout_seconds:.0f} s reached",), now
-            )
-        elif live.stage_kind in TRAIN_KINDS and live.last_progress_mono is None:
-            if age > watch.startup_timeout.total_seconds():
-                why = f"no iteration within the start-up timeout ({watch.startup_timeout.total_seconds():.0f} s)"
-                self.stop(live, FailureClass.STALL.value, (why,), now)
-        elif live.stage_kind not in TRAIN_KINDS and age > watch.startup_timeout.total_seconds() * 2:
-            why = f"no result within {2 * watch.startup_timeout.total_seconds():.0f} s"
-            self.stop(live, FailureClass.TIMEOUT.value, (why,), now)
-        elif (
-            live.last_progress_mono is not None and now - live.last_progress_mono > watch.stall_timeout.total_seconds()
-        ):
-            why = f"no new iteration for {now - live.last_progress_mono:.0f} s (stall timeout)"
-            self.stop(live, FailureClass.STALL.value, (why,), now)
-        elif live.stage_kind == "probe" and self._probe_passed(live):
-            self.stop(live, PASSED_EARLY, ("iteration 1 done, model.pt and log.txt written",), now)
+        child = child_info(live.dir)
+        root = read_stat(child.pid) if child is not None else None
+        facts = RunFacts(
+            stage_kind=live.stage_kind,
+            age=now - live.started_mono,
+            since_progress=None if live.last_progress_mono is None else now - live.last_progress_mono,
+            timeout=live.timeout_seconds,
+            startup_timeout=watch.startup_timeout.total_seconds(),
+            stall_timeout=watch.stall_timeout.total_seconds(),
+            probe_passed=live.stage_kind == "probe" and self._probe_passed(live),
+            root_state=None if root is None else root.state,
+            root_pid=None if child is None else child.pid,
+        )
+        wanted = check(facts, lines, rows)
+        if wanted is not None:
+            self.stop(live, wanted.reason, wanted.evidence, now, kill_now=wanted.kill_now)
 
     def _probe_passed(self, live: LiveAttempt) -> bool:
         last = live.last
@@ -605,7 +589,7 @@ class AttemptRunner:
             console_tail=_tail(live.console),
             checks=tuple(stage.checks),
             artifacts=check_train_artifacts(live.dir / "out") if stage.kind in TRAIN_KINDS else None,
-            multi_device=int(attempt.params.get("processes", 1)) > 1,
+            multi_device=attempt.params.processes > 1,
             had_progress=live.last is not None,
             test_result_seen=live.parser.test_result is not None,
             stop_reason=live.stop_reason,
@@ -625,259 +609,37 @@ class AttemptRunner:
         permanent: bool,
         had_progress: bool,
     ) -> None:
+        """Ask the lifecycle what comes next, and book it."""
         job = self.store.get_job(job.job_id) or job
-        data = dict(job.stage_data)
-        data["last_end_wall"] = self.wall()
-        data["last_gpus"] = list(live.gpu_uuids)
-        data["last_gpu_pids"] = sorted(live.gpu_pids)
-        data["attempts"] = int(data.get("attempts", 0)) + 1
-        data["no_progress"] = 0 if had_progress else int(data.get("no_progress", 0)) + 1
-        if stage.kind == "probe":
-            data["gpu_seconds_probing"] = float(data.get("gpu_seconds_probing", 0.0)) + (
-                (self.wall() - attempt.started_at) * max(1, len(live.gpu_uuids))
-            )
-        job.stage_data = data
-        if failure == "cancelled" or job.cancel_requested:
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            self._set_state(job, JobState.CANCELLED, "cancelled")
-            return
-        label = stage.label(job.stage_index)
-        if stage.kind == "probe" and (failure is None or failure in CAPACITY_FAILURES):
-            self._probe_step(job, spec, stage, attempt, failure is None)
-            return
-        if stage.kind == "sweep" and (failure is None or failure in CAPACITY_FAILURES or permanent):
-            self._sweep_step(job, spec, stage, attempt, live, failure)
-            return
-        if failure is None:
-            self._passed(job, spec, stage, label, attempt)
-            return
-        obs = Observation(
-            stage_kind=stage.kind,
-            failure=failure,
-            permanent=permanent,
-            gpus=int(attempt.params.get("gpus", 0)),
-            processes=int(attempt.params.get("processes", 1)),
+        model = Path(attempt.dir) / "out" / "model.pt"
+        ended = Ended(
+            number=attempt.number,
+            plan=attempt.params,
+            progress=attempt.progress,
+            started_at=attempt.started_at,
+            ended_at=self.wall(),
             had_progress=had_progress,
+            model_file=str(model) if model.exists() else None,
+            gpu_pids=tuple(sorted(live.gpu_pids)),
             foreign_memory=self._foreign_memory(live),
+            samples_per_second=live.median_samples_per_second(),
+            utilization_pct=live.mean_utilization(),
         )
-        decision = decide(
-            obs,
-            dict(job.plan),
-            spec.retry,
-            attempts_in_stage=int(data["attempts"]),
-            no_progress_streak=int(data["no_progress"]),
-            rng=self.rng,
-        )
-        self._apply(job, spec, stage, label, attempt, decision)
+        verdict = Verdict(None if failure is None else FailureClass(failure), (), permanent)
+        step = after_attempt(self._lifecycle_job(job, spec), ended, verdict, self.rng)
+        self.book.apply(job.job_id, step, stage_label=stage.label(job.stage_index))
+        self.poke()
+
+    def _lifecycle_job(self, job: JobRecord, spec: JobSpec) -> Job:
+        stage = spec.effective_stages[job.stage_index]
+        plan = job.plan if job.plan is not None else plan_stage(spec, stage, job.memory)[0]
+        return Job(spec, job.stage_index, plan, job.memory, job.cancel_requested)
 
     def _foreign_memory(self, live: LiveAttempt) -> bool:
         mine = self.mkd_pids()
         return any(
             foreign_bytes(g, mine) > self.config.gpu.busy_memory for g in self.gpu.gpus if g.uuid in live.gpu_uuids
         )
-
-    def _apply(
-        self, job: JobRecord, spec: JobSpec, stage: Stage, label: str, attempt: AttemptRecord, decision: Decision
-    ) -> None:
-        data = dict(job.stage_data)
-        if decision.action == "fail":
-            self._stage_result(job, label, {"passed": False, "reason": decision.reason})
-            if stage.on_fail == "continue":
-                self._advance(job, spec, f"stage {label} failed ({decision.reason}); continuing")
-                return
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            self._set_state(job, JobState.FAILED, decision.reason)
-            return
-        plan = {**job.plan, **decision.changes}
-        if decision.resume:
-            plan = self._resume_plan(plan, attempt, data)
-        self.store.bump("retries_total")
-        fallbacks = list(data.get("fallbacks", []))
-        if decision.changes:
-            fallbacks.append({"stage": label, "attempt": attempt.number, "step": decision.reason})
-        data["fallbacks"] = fallbacks
-        self.store.update_job(job.job_id, self.wall(), stage_data=data)
-        self._set_state(
-            job,
-            JobState.RETRY_WAIT,
-            f"{decision.reason}; next attempt in {decision.delay_seconds:.1f} s",
-            plan=plan,
-            next_attempt_at=self.wall() + decision.delay_seconds,
-        )
-
-    def _resume_plan(self, plan: dict[str, Any], attempt: AttemptRecord, data: dict[str, Any]) -> dict[str, Any]:
-        """Continue a long run from its last model.pt; MimicKit restarts its counters, so we keep offsets."""
-        model = Path(attempt.dir) / "out" / "model.pt"
-        done = int(attempt.progress.get("samples") or 0)
-        data["samples_offset"] = int(data.get("samples_offset", 0)) + done
-        data["iteration_offset"] = int(data.get("iteration_offset", 0)) + int(attempt.progress.get("iteration") or 0)
-        out = dict(plan)
-        if model.exists():
-            out["model_file"] = str(model)
-        if plan.get("max_samples"):
-            out["max_samples"] = max(1, int(plan["max_samples"]) - done)
-        return out
-
-    def _passed(self, job: JobRecord, spec: JobSpec, stage: Stage, label: str, attempt: AttemptRecord) -> None:
-        data = dict(job.stage_data)
-        out_dir = Path(attempt.dir) / "out"
-        result: dict[str, Any] = {"passed": True, "attempt": attempt.number, "num_envs": job.plan.get("num_envs")}
-        keep = ("iteration", "samples", "train_return", "test_return", "median_samples_per_second")
-        result.update({k: attempt.progress[k] for k in keep if attempt.progress.get(k) is not None})
-        if stage.kind in TRAIN_KINDS:
-            model = out_dir / "model.pt"
-            if model.exists():
-                data.setdefault("models", {})[label] = str(model)
-                data["latest_model"] = str(model)
-        if stage.kind == "warmup":
-            data["num_envs"] = job.plan.get("num_envs")
-            result["promoted_num_envs"] = job.plan.get("num_envs")
-        test = attempt.progress.get("test_result")
-        if test:
-            result["test_result"] = test
-        job.stage_data = data
-        self.store.update_job(job.job_id, self.wall(), stage_data=data)
-        self._stage_result(job, label, result)
-        self._advance(job, spec, f"stage {label} passed")
-
-    def _stage_result(self, job: JobRecord, label: str, result: dict[str, Any]) -> None:
-        fresh = self.store.get_job(job.job_id) or job
-        data = dict(fresh.stage_data)
-        data.setdefault("results", {})[label] = result
-        job.stage_data = data
-        self.store.update_job(job.job_id, self.wall(), stage_data=data)
-
-    def _advance(self, job: JobRecord, spec: JobSpec, reason: str) -> None:
-        """Move to the next stage (keeping what later stages use), or finish the job."""
-        fresh = self.store.get_job(job.job_id) or job
-        data = dict(fresh.stage_data)
-        index = fresh.stage_index + 1
-        if index >= len(spec.effective_stages):
-            self._set_state(fresh, JobState.SUCCEEDED, reason)
-            return
-        keep = ("models", "latest_model", "num_envs", "results", "fallbacks", "gpu_seconds_probing", "sweep_best")
-        data = {k: v for k, v in data.items() if k in keep}
-        nxt = spec.effective_stages[index]
-        plan = initial_plan(spec, nxt, data)
-        self.store.update_job(job.job_id, self.wall(), stage_index=index, stage_data=data, plan=plan)
-        state = JobState.RUNNING if fresh.state == JobState.RUNNING else JobState.QUEUED
-        self._set_state(fresh, state, f"{reason}; next stage {nxt.label(index)}", next_attempt_at=self.wall())
-
-    # --- probe ladder and sweep ------------------------------------------------------------
-
-    def _probe_step(self, job: JobRecord, spec: JobSpec, stage: Stage, attempt: AttemptRecord, passed: bool) -> None:
-        data = dict(job.stage_data)
-        num_envs = int(job.plan["num_envs"])
-        step = probe_record(data["probe"], num_envs, passed)
-        data["probe"] = step.probe
-        data["attempts"] = 0
-        label = stage.label(job.stage_index)
-        self._event(job.job_id, "probe", f"probe num_envs={num_envs}: {'pass' if passed else 'fail'}")
-        if step.next_num_envs is not None:
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            plan = {**job.plan, "num_envs": step.next_num_envs, "max_samples": stage.point_max_samples}
-            self._set_state(
-                job,
-                JobState.RETRY_WAIT,
-                f"next probe num_envs={step.next_num_envs}",
-                plan=plan,
-                next_attempt_at=self.wall(),
-            )
-            return
-        if step.found is not None:
-            data["num_envs"] = step.found
-            job.stage_data = data
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            self._stage_result(
-                job,
-                label,
-                {"passed": True, "num_envs": step.found, "probes": step.probe["tried"], "gpus": job.plan.get("gpus")},
-            )
-            self._advance(job, spec, f"probe ladder chose num_envs={step.found}")
-            return
-        multi = int(job.plan.get("processes", 1)) > 1
-        if multi and spec.retry.single_device_fallback:
-            from mkd.stages import probe_begin, probe_mid
-
-            assert stage.ladder is not None
-            data["probe"] = probe_begin(stage.ladder)
-            rung = data["probe"]["rungs"][probe_mid(data["probe"])]
-            fallbacks = [
-                *data.get("fallbacks", []),
-                {
-                    "stage": label,
-                    "attempt": attempt.number,
-                    "step": "every rung failed on several devices: single device",
-                },
-            ]
-            data["fallbacks"] = fallbacks
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            plan = {**job.plan, "gpus": min(1, int(job.plan.get("gpus", 0))), "processes": 1, "num_envs": rung}
-            self._set_state(
-                job,
-                JobState.RETRY_WAIT,
-                "every rung failed: single-device probe ladder",
-                plan=plan,
-                next_attempt_at=self.wall(),
-            )
-            return
-        self.store.update_job(job.job_id, self.wall(), stage_data=data)
-        decision = Decision("fail", "probe ladder: no rung passed")
-        self._apply(job, spec, stage, label, attempt, decision)
-
-    def _sweep_step(
-        self,
-        job: JobRecord,
-        spec: JobSpec,
-        stage: Stage,
-        attempt: AttemptRecord,
-        live: LiveAttempt,
-        failure: str | None,
-    ) -> None:
-        assert stage.points is not None
-        data = dict(job.stage_data)
-        sweep = dict(data["sweep"])
-        index = int(sweep["index"])
-        point = stage.points[index]
-        util = live.mean_utilization()
-        row = {
-            "point": index + 1,
-            "num_envs": point.num_envs,
-            "agent_overrides": dict(point.agent_overrides),
-            "samples_per_second": live.median_samples_per_second(),
-            "gpu_utilization_pct": util,
-            "passed": failure is None,
-            "failure": failure,
-        }
-        rows = [*sweep["rows"], row]
-        sweep.update(index=index + 1, rows=rows)
-        data["sweep"] = sweep
-        data["attempts"] = 0
-        label = stage.label(job.stage_index)
-        atomic_write(self.job_dir(job.job_id) / f"summary-{label}.tsv", sweep_tsv(rows))
-        atomic_write(self.job_dir(job.job_id) / "summary.tsv", sweep_tsv(rows))
-        if index + 1 < len(stage.points):
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            plan = {**job.plan, **sweep_point_plan(stage, index + 1)}
-            self._set_state(
-                job,
-                JobState.RETRY_WAIT,
-                f"sweep point {index + 2} of {len(stage.points)}",
-                plan=plan,
-                next_attempt_at=self.wall(),
-            )
-            return
-        best = sweep_best(rows)
-        if best is None:
-            self.store.update_job(job.job_id, self.wall(), stage_data=data)
-            self._apply(job, spec, stage, label, attempt, Decision("fail", "sweep: no point passed"))
-            return
-        data["num_envs"] = best["num_envs"]
-        data["sweep_best"] = best
-        job.stage_data = data
-        self.store.update_job(job.job_id, self.wall(), stage_data=data)
-        self._stage_result(job, label, {"passed": True, "best": best, "points": len(rows)})
-        self._advance(job, spec, f"sweep best point {best['point']} (num_envs={best['num_envs']})")
 
     # --- cancel, shutdown, restore ---------------------------------------------------------
 
@@ -921,8 +683,8 @@ class AttemptRunner:
                 console=attempt_dir / "console.log",
                 handle=handle or RunRef(),
                 started_mono=started,
-                gpu_indices=tuple(attempt.params.get("gpu_indices", [])),
-                gpu_uuids=tuple(attempt.params.get("gpu_uuids", [])),
+                gpu_indices=attempt.params.gpu_indices,
+                gpu_uuids=attempt.params.gpu_uuids,
                 timeout_seconds=stage_timeout(stage),
                 stage_kind=stage.kind,
                 stop_reason=attempt.stop_reason,
@@ -946,7 +708,7 @@ class AttemptRunner:
                 else f"attempt {attempt.number} ended while mkd was down"
             )
             self._event(attempt.job_id, "restore", message)
-            if job.state in (JobState.QUEUED, JobState.RETRY_WAIT):
+            if job.state in (JobState.QUEUED, JobState.RETRY_WAIT, JobState.STEPPING):
                 # killed between the attempt's row (or shim) and marking the job running: say what is true
                 self._set_state(
                     job,
@@ -1067,7 +829,7 @@ class AttemptRunner:
         progress = live.progress() if live else summary.get("progress", {})
         if finished:  # a finished job has no current rate: keep its totals, not its last speed
             progress = {k: v for k, v in progress.items() if "per_second" not in k}
-        offset = int(job.stage_data.get("samples_offset", 0))
+        offset = job.memory.stage.samples_offset
         samples = progress.get("samples")
         gpus = live.gpu_indices if live else tuple(summary.get("params", {}).get("gpu_indices", []))
         return JobView(
@@ -1075,7 +837,7 @@ class AttemptRunner:
             state=job.state.value,
             stage=stage.label(job.stage_index),
             attempt=int(summary.get("attempts", 0)),
-            num_envs=job.plan.get("num_envs"),
+            num_envs=None if job.plan is None else job.plan.num_envs,
             devices=tuple(f"cuda:{i}" for i in gpus),
             gpu_uuids=live.gpu_uuids if live else (),
             iteration=_opt_int(progress.get("iteration")),

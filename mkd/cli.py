@@ -203,7 +203,7 @@ def cmd_gpus(args: argparse.Namespace, layout: Layout) -> int:
     if store is not None:
         with _closing(store):
             for attempt in store.attempts(live_only=True):
-                for uuid in attempt.params.get("gpu_uuids", []):
+                for uuid in attempt.params.gpu_uuids:
                     holders[uuid] = attempt.job_id
     with GpuSampler() as sampler:
         print(format_gpus_table(sampler.sample(), holders), end="")

@@ -18,9 +18,9 @@ from typing import Any
 
 from mkd.executors.base import RunRef
 from mkd.mimickit.console import ConsoleParser, IterationRow
+from mkd.mimickit.progress import LOSS_WORDS
 
 READ_CHUNK = 1 << 20
-LOSS_WORDS = ("loss", "clip_frac", "imp_ratio", "adv_", "obs_norm", "entropy")
 
 
 @dataclass

@@ -12,9 +12,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mkd.memory import Plan
 from mkd.spec import ClassAction, Retry
 
 DEFAULT_LADDER_FLOOR = 64
+HANG_AGAIN_KINDS = frozenset({"test", "visualize"})  # a stall or timeout there is deterministic
 
 # The runbook's fallback ladder per failure class: the steps tried in order, the first
 # one that still changes something is taken. A class that maps to ("give_up",) is
@@ -56,7 +58,7 @@ class Observation:
 class Decision:
     action: Literal["pass", "retry", "fail"]
     reason: str
-    changes: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)  # Plan fields to change (mkd.memory.Plan)
     delay_seconds: float = 0.0
     resume: bool = False  # continue from the last model.pt with the remaining samples
 
@@ -73,19 +75,19 @@ def next_rung(ladder: list[int], current: int | None) -> int | None:
 
 
 def _step(
-    step: str, plan: dict[str, Any], obs: Observation, retry: Retry, nccl_preset: str | None
+    step: str, plan: Plan, obs: Observation, retry: Retry, nccl_preset: str | None
 ) -> tuple[dict[str, Any], str] | None:
     """The change a step makes to `plan`, or None when it has nothing left to change."""
     multi = obs.gpus > 1 or obs.processes > 1
     if step == "nccl_preset":
-        if nccl_preset and multi and not plan.get("nccl_preset"):
+        if nccl_preset and multi and not plan.nccl_preset:
             return {"nccl_preset": nccl_preset}, f"apply the NCCL preset {nccl_preset!r}"
         return None
     if step == "step_down":
-        rung = next_rung(retry.ladder, plan.get("num_envs"))
+        rung = next_rung(retry.ladder, plan.num_envs)
         if rung is None:
             return None
-        return {"num_envs": rung}, f"step num_envs down from {plan.get('num_envs')} to {rung}"
+        return {"num_envs": rung}, f"step num_envs down from {plan.num_envs} to {rung}"
     if step == "single_device":
         if retry.single_device_fallback and multi:
             return {"gpus": min(obs.gpus, 1), "processes": 1}, "fall back to a single device"
@@ -93,7 +95,7 @@ def _step(
     if step == "new_port":
         return {"master_port": None}, "take a new master port"
     if step == "mesa":
-        if plan.get("mesa"):
+        if plan.mesa:
             return None
         return {"mesa": True}, "retry with MESA_GL_VERSION_OVERRIDE=3.3 MESA_GLSL_VERSION_OVERRIDE=330"
     if step in ("retry", "resume"):
@@ -109,7 +111,7 @@ def backoff(retry: Retry, attempt_in_stage: int, rng: random.Random) -> float:
 
 def decide(
     obs: Observation,
-    plan: dict[str, Any],
+    plan: Plan,
     retry: Retry,
     *,
     attempts_in_stage: int,
@@ -131,6 +133,9 @@ def decide(
         return Decision(
             "fail", f"{failure}: {no_progress_streak} attempts in a row without progress (crash-loop breaker)"
         )
+    if obs.stage_kind in HANG_AGAIN_KINDS and failure in ("stall", "timeout") and override is None:
+        # MimicKit's test mode runs until test_episodes are done: a hang there repeats, unchanged
+        return Decision("fail", f"{failure}: a {obs.stage_kind} stage that hung would hang again unchanged")
     if failure == "cuda_oom" and obs.foreign_memory and override is None:
         return Decision(
             "retry",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mkd.fsutil import read_json
+from mkd.memory import StageResult
 from mkd.store import AttemptRecord, Event, JobRecord
 
 if TYPE_CHECKING:  # `mkd status` imports this module for attempt_dict: no pydantic (mkd.spec) here
@@ -69,14 +70,14 @@ def attempt_dict(a: AttemptRecord, *, full: bool = False) -> dict[str, Any]:
         "failure_class": a.failure_class,
         "returncode": a.returncode,
         "signal": a.signal,
-        "num_envs": a.params.get("num_envs"),
-        "gpus": a.params.get("gpu_indices", []),
+        "num_envs": a.params.num_envs,
+        "gpus": list(a.params.gpu_indices),
         "dir": a.dir,
         "started_at": a.started_at,
         "ended_at": a.ended_at,
     }
     if full:
-        out.update(params=a.params, progress=a.progress, evidence=a.evidence)
+        out.update(params=a.params.to_json(), progress=a.progress, evidence=a.evidence)
     return out
 
 
@@ -94,11 +95,11 @@ def status_dict(
         "stage": stage.label(job.stage_index),
         "stage_index": job.stage_index,
         "stages": [s.label(i) for i, s in enumerate(stages)],
-        "plan": job.plan,
+        "plan": None if job.plan is None else job.plan.to_json(),
         "attempts": [attempt_dict(a) for a in attempts],
         "progress": live_progress if live_progress is not None else (last.progress if last else {}),
-        "results": job.stage_data.get("results", {}),
-        "fallbacks": job.stage_data.get("fallbacks", []),
+        "results": {label: r.to_json() for label, r in job.memory.results.items()},
+        "fallbacks": [{"stage": f.stage, "attempt": f.attempt, "step": f.step} for f in job.memory.fallbacks],
         "submitted_at": job.submitted_at,
         "finished_at": job.finished_at,
         "written_at": wall,
@@ -114,21 +115,24 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
     from mkd.mimickit.results import check_train_artifacts
 
     items: dict[str, str] = {"job": job.job_id, "state": f"{job.state.value} ({job.reason})"}
-    results: dict[str, Any] = job.stage_data.get("results", {})
     for index, stage in enumerate(spec.effective_stages):
         label = stage.label(index)
         tried = _stage_attempts(attempts, label)
-        result = results.get(label, {})
+        result = job.memory.results.get(label, StageResult())
         if not tried:
-            items[f"{label}: status"] = f"skipped: {result['skipped']}" if "skipped" in result else "not run"
+            items[f"{label}: status"] = f"skipped: {result.skipped}" if result.skipped else "not run"
             continue
+        if result.passed is False:
+            items[f"{label}: status"] = f"failed: {result.reason}"
         final = tried[-1]
         out_dir = Path(final.dir) / "out"
         items[f"{label}: command"] = _command(final)
-        processes = int(final.params.get("processes", 1))
+        processes = final.params.processes
         cpu = "cpu" if processes == 1 else f"cpu x{processes} processes"
-        items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.get("gpu_indices", [])) or cpu
-        items[f"{label}: num_envs"] = str(final.params.get("num_envs"))
+        items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.gpu_indices) or cpu
+        if final.params.granted_gpus is not None:
+            items[f"{label}: devices"] = f"GPU(s) {','.join(final.params.granted_gpus) or '-'} on {final.params.node}"
+        items[f"{label}: num_envs"] = str(final.params.num_envs)
         items[f"{label}: attempts"] = str(len(tried))
         items[f"{label}: exit"] = f"returncode {final.returncode}, signal {final.signal}, outcome {final.outcome}"
         if stage.kind in ("train", "warmup", "long_run", "probe", "sweep"):
@@ -143,19 +147,18 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
             items[f"{label}: Mean Return"] = str(test["mean_return"]) if test else "not printed"
             items[f"{label}: Episodes"] = str(test["episodes"]) if test else "-"
         if stage.kind == "probe":
-            items[f"{label}: chosen num_envs"] = str(result.get("num_envs", "-"))
-            items[f"{label}: probes"] = str(len(result.get("probes", [])) or len(tried))
-            items[f"{label}: GPU-seconds probing"] = f"{float(job.stage_data.get('gpu_seconds_probing', 0.0)):.1f}"
-        if stage.kind == "sweep" and "best" in result:
-            best = result["best"]
-            items[f"{label}: best point"] = f"{best['point']} (num_envs={best['num_envs']})"
-        if stage.kind == "warmup" and "promoted_num_envs" in result:
-            items[f"{label}: promoted num_envs"] = str(result["promoted_num_envs"])
-    fallbacks = job.stage_data.get("fallbacks", [])
-    items["fallback"] = "; ".join(f"{f['stage']} attempt {f['attempt']}: {f['step']}" for f in fallbacks) or "none"
+            items[f"{label}: chosen num_envs"] = str(result.num_envs if result.num_envs is not None else "-")
+            items[f"{label}: probes"] = str(len(result.probes or ()) or len(tried))
+            items[f"{label}: GPU-seconds probing"] = f"{job.memory.gpu_seconds_probing:.1f}"
+        if stage.kind == "sweep" and result.best is not None:
+            items[f"{label}: best point"] = f"{result.best.point} (num_envs={result.best.num_envs})"
+        if stage.kind == "warmup" and result.promoted_num_envs is not None:
+            items[f"{label}: promoted num_envs"] = str(result.promoted_num_envs)
+    fallbacks = job.memory.fallbacks
+    items["fallback"] = "; ".join(f"{f.stage} attempt {f.attempt}: {f.step}" for f in fallbacks) or "none"
     nccl = [a for a in attempts if (read_json(Path(a.dir) / "command.json") or {}).get("nccl")]
     items["NCCL preset applied"] = (
-        f"yes ({', '.join(sorted({str(a.params.get('nccl_preset') or 'job env') for a in nccl}))})" if nccl else "no"
+        f"yes ({', '.join(sorted({str(a.params.nccl_preset or 'job env') for a in nccl}))})" if nccl else "no"
     )
     return items
 
@@ -171,9 +174,9 @@ def render_report(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord], 
         "|---|---|---|---|---|---|---|---|",
     ]
     for a in attempts:
-        gpus = ",".join(str(i) for i in a.params.get("gpu_indices", [])) or "-"
+        gpus = ",".join(str(i) for i in a.params.gpu_indices) or "-"
         lines.append(
-            f"| {a.number} | {a.stage_label} | {a.params.get('num_envs', '-')} | {gpus} | {a.outcome or a.state.value} "
+            f"| {a.number} | {a.stage_label} | {a.params.num_envs or '-'} | {gpus} | {a.outcome or a.state.value} "
             f"| {a.failure_class or '-'} | {a.returncode} | {a.signal} |"
         )
     failed = [a for a in attempts if a.failure_class and a.evidence]

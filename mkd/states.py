@@ -12,6 +12,7 @@ from enum import StrEnum
 class JobState(StrEnum):
     QUEUED = "queued"  # accepted, waiting for devices
     RUNNING = "running"  # an attempt of one of its stages is alive
+    STEPPING = "stepping"  # between two healthy steps (the next probe rung, sweep point or stage): starts at once
     RETRY_WAIT = "retry_wait"  # an attempt failed; the next one starts after a backoff
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -24,7 +25,7 @@ class JobState(StrEnum):
     @property
     def folder(self) -> str:
         """Folder under jobs/ that mirrors this state for people."""
-        return {"succeeded": "done"}.get(self.value, self.value)
+        return {"succeeded": "done", "stepping": "running"}.get(self.value, self.value)
 
 
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
@@ -37,16 +38,20 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
         {
             JobState.QUEUED,
             JobState.RUNNING,
+            JobState.STEPPING,
             JobState.RETRY_WAIT,
             JobState.CANCELLED,
             JobState.FAILED,
             JobState.SUCCEEDED,
         }
     ),
-    JobState.RUNNING: frozenset(
-        {JobState.RUNNING, JobState.RETRY_WAIT, JobState.QUEUED, *FINISHED},
+    # running -> running: the timeline's "its next attempt started" after a restore
+    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.STEPPING, JobState.RETRY_WAIT, JobState.QUEUED, *FINISHED}),
+    # stepping -> stepping or a finished state: a stage skipped, or the last one, before anything ran
+    JobState.STEPPING: frozenset({JobState.RUNNING, JobState.STEPPING, JobState.RETRY_WAIT, *FINISHED}),
+    JobState.RETRY_WAIT: frozenset(
+        {JobState.RUNNING, JobState.QUEUED, JobState.STEPPING, JobState.CANCELLED, JobState.FAILED}
     ),
-    JobState.RETRY_WAIT: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),

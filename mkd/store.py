@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mkd.states import AttemptState, JobState, check_transition
+from mkd.memory import JobMemory, Plan
+from mkd.states import LIVE, AttemptState, JobState, check_transition
+
+# The live states as SQL, for the queries and the partial index that keeps live names unique.
+LIVE_SQL = "(" + ",".join(f"'{state.value}'" for state in sorted(LIVE)) + ")"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,7 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS live_names ON jobs(name)
-    WHERE state IN ('queued', 'running', 'retry_wait');
+    WHERE state IN {live};
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority, seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -139,8 +143,8 @@ class JobRecord:
     finished_at: float | None
     reason: str
     stage_index: int
-    stage_data: dict[str, Any]
-    plan: dict[str, Any]
+    memory: JobMemory  # the stage_data column
+    plan: Plan | None  # None until its stage's first plan is made
     next_attempt_at: float | None
     cancel_requested: bool
 
@@ -153,7 +157,7 @@ class AttemptRecord:
     stage_index: int
     stage_label: str
     state: AttemptState
-    params: dict[str, Any]
+    params: Plan
     dir: str
     shim_pid: int | None
     shim_start: int | None
@@ -181,19 +185,32 @@ class Event:
 
 _JSON_JOB = {"spec", "stage_data", "plan"}
 _JSON_ATTEMPT = {"params", "evidence", "progress", "run_ref"}
+_COLUMN = {"memory": "stage_data"}  # record field -> column, where they differ
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
     values = {k: (json.loads(row[k]) if k in _JSON_JOB else row[k]) for k in JOB_COLUMNS}
     values["state"] = JobState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["memory"] = JobMemory.from_json(values.pop("stage_data"))
+    values["plan"] = Plan.from_json(values["plan"]) if values["plan"] else None
     return JobRecord(**values)
 
 
 def _attempt(row: sqlite3.Row) -> AttemptRecord:
     values = {k: (json.loads(row[k]) if k in _JSON_ATTEMPT else row[k]) for k in ATTEMPT_COLUMNS}
     values["state"] = AttemptState(values["state"])
+    values["params"] = Plan.from_json(values["params"])
     return AttemptRecord(**values)
+
+
+def _encode(value: Any) -> Any:
+    """A field's value as the store keeps it: typed state and containers as JSON text."""
+    if isinstance(value, JobMemory | Plan):
+        return json.dumps(value.to_json())
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
 
 
 class Store:
@@ -219,7 +236,7 @@ class Store:
                     raise sqlite3.DatabaseError(check)
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA.replace("{live}", LIVE_SQL))
                 _migrate(conn)
                 conn.execute("BEGIN IMMEDIATE")  # a write lock held elsewhere shows now, not at the first job
                 conn.execute("COMMIT")
@@ -283,9 +300,7 @@ class Store:
         return f"{name}.{n}"
 
     def live_job_named(self, name: str) -> str | None:
-        row = self._conn.execute(
-            "SELECT job_id FROM jobs WHERE name = ? AND state IN ('queued','running','retry_wait')", (name,)
-        ).fetchone()
+        row = self._conn.execute(f"SELECT job_id FROM jobs WHERE name = ? AND state IN {LIVE_SQL}", (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def insert_job(
@@ -366,7 +381,7 @@ class Store:
 
         One indexed query, no spec parsing, so it stays fast with 10,000 jobs in history.
         """
-        live = "('queued','running','retry_wait')"
+        live = LIVE_SQL
         limit = "" if finished_limit is None else f" LIMIT {int(finished_limit)}"
         sql = (
             "WITH shown AS ("
@@ -425,7 +440,7 @@ class Store:
     # --- attempts ---------------------------------------------------------------------
 
     def add_attempt(
-        self, *, job_id: str, stage_index: int, stage_label: str, params: dict[str, Any], dir: str, now: float
+        self, *, job_id: str, stage_index: int, stage_label: str, params: Plan, dir: str, now: float
     ) -> AttemptRecord:
         with self.transaction() as tx:
             row = tx.execute("SELECT COALESCE(MAX(number), 0) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()
@@ -439,7 +454,7 @@ class Store:
                     stage_index,
                     stage_label,
                     AttemptState.STARTING,
-                    json.dumps(params),
+                    json.dumps(params.to_json()),
                     dir,
                     now,
                 ),
@@ -539,7 +554,7 @@ class Store:
 
     @staticmethod
     def _update(tx: sqlite3.Connection, table: str, key: str, value: Any, fields: dict[str, Any]) -> None:
-        encoded = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in fields.items()}
+        encoded = {_COLUMN.get(k, k): _encode(v) for k, v in fields.items()}
         assignments = ", ".join(f"{k} = ?" for k in encoded)
         tx.execute(f"UPDATE {table} SET {assignments} WHERE {key} = ?", (*encoded.values(), value))
 
@@ -573,6 +588,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "published" not in columns:
         conn.execute("ALTER TABLE jobs ADD COLUMN published INTEGER NOT NULL DEFAULT 0")
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs(job_id) WHERE published = 0")
+    index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'live_names'").fetchone()
+    if index is not None and LIVE_SQL not in index[0].replace(" ", ""):  # the set of live states grew
+        conn.execute("DROP INDEX live_names")
+        conn.execute(f"CREATE UNIQUE INDEX live_names ON jobs(name) WHERE state IN {LIVE_SQL}")
     if "run_ref" not in {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}:
         conn.execute("ALTER TABLE attempts ADD COLUMN run_ref TEXT NOT NULL DEFAULT '{}'")
 

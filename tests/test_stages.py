@@ -193,7 +193,7 @@ def test_probe_bisection_cost() -> None:
         ladder = list(range(rungs * 10, 0, -10))
         for threshold in range(0, rungs * 10 + 11, 5):
             probe, tried = probe_begin(ladder), 0
-            num = ladder[(probe["lo"] + probe["hi"]) // 2]
+            num = probe.rungs[(probe.lo + probe.hi) // 2]
             while True:
                 tried += 1
                 step = probe_record(probe, num, num <= threshold)
@@ -207,11 +207,12 @@ def test_probe_bisection_cost() -> None:
 
 
 def test_sweep_tsv_is_plain(tmp_path: Path) -> None:
+    from mkd.memory import SweepRow
     from mkd.stages import sweep_best, sweep_tsv
 
-    rows = [
-        {"point": 1, "num_envs": 8, "samples_per_second": 10.0, "passed": True},
-        {"point": 2, "num_envs": 16, "samples_per_second": None, "passed": False, "failure": "cuda_oom"},
-    ]
+    rows = (
+        SweepRow(1, 8, {}, 10.0, None, True, None),
+        SweepRow(2, 16, {}, None, None, False, "cuda_oom"),
+    )
     assert sweep_tsv(rows).splitlines()[2] == "2\t16\t-\t-\t-\tfail\tcuda_oom"
     assert sweep_best(rows) == rows[0]

@@ -101,7 +101,7 @@ def show_job(store: Store, name: str, *, as_json: bool) -> int:
                     "state": job.state.value,
                     "reason": job.reason,
                     "stage_index": job.stage_index,
-                    "plan": job.plan,
+                    "plan": None if job.plan is None else job.plan.to_json(),
                     "attempts": [attempt_dict(a, full=True) for a in attempts],
                     "events": [{"at": e.at, "kind": e.kind, "message": e.message} for e in events],
                 },
@@ -114,7 +114,7 @@ def show_job(store: Store, name: str, *, as_json: bool) -> int:
     for a in attempts:
         print(
             f"  attempt {a.number} [{a.stage_label}] {a.outcome or a.state.value}"
-            f"{' ' + a.failure_class if a.failure_class else ''} num_envs={a.params.get('num_envs')}"
+            f"{' ' + a.failure_class if a.failure_class else ''} num_envs={a.params.num_envs}"
             f" {_progress(a.progress)}"
         )
         if a.failure_class and a.evidence:

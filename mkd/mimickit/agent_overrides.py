@@ -27,7 +27,7 @@ def known_keys(base_yaml: Path) -> list[str]:
     return _leaves(_load(base_yaml), "")
 
 
-def apply_overrides(base_yaml: Path, overrides: dict[str, object], dest: Path) -> Path:
+def apply_overrides(base_yaml: Path, overrides: Mapping[str, object], dest: Path) -> Path:
     """Write base + overrides to `dest` atomically and return `dest`; OverrideError on unknown keys."""
     config = _load(base_yaml)
     for key, value in overrides.items():

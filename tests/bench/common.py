@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mkd.config import DaemonConfig, Layout
+from mkd.memory import Plan
 from mkd.states import AttemptState, JobState
 from mkd.store import Store
 from tests.harness import Home
@@ -53,7 +54,12 @@ def build_history(db: Path, jobs: int, *, finished_days_ago: float = 2.0) -> Non
             )
             store.set_job_state(job_id, JobState.RUNNING, "attempt 1 started", now)
             attempt = store.add_attempt(
-                job_id=job_id, stage_index=0, stage_label="1-command", params={}, dir=f"/nonexistent/{job_id}", now=now
+                job_id=job_id,
+                stage_index=0,
+                stage_label="1-command",
+                params=Plan(),
+                dir=f"/nonexistent/{job_id}",
+                now=now,
             )
             failed = i % 7 == 0
             store.update_attempt(
