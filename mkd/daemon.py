@@ -23,8 +23,13 @@ from mkd import report
 from mkd.attempts import AttemptRunner
 from mkd.config import DaemonConfig, Layout
 from mkd.executors.base import Executor
+from mkd.executors.local import LocalExecutor
+from mkd.gpu_ledger import GpuLedger
 from mkd.gpus import GpuReading, GpuSampler
 from mkd.intake import Intake
+from mkd.launcher import Launcher
+from mkd.publisher import Publisher
+from mkd.runs import Runs
 from mkd.sdnotify import Notifier
 from mkd.snapshot import DaemonView
 from mkd.store import Store, StoreError
@@ -76,7 +81,11 @@ class Daemon:
         self._published_at = -1e9
         self.store: Store
         self.intake: Intake
+        self.runs: Runs
+        self.ledger: GpuLedger
+        self.launcher: Launcher
         self.runner: AttemptRunner
+        self.publisher: Publisher
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -86,16 +95,21 @@ class Daemon:
         self._take_lock()
         self.store = Store.open(self.layout.db)
         self.intake = Intake(self.config, self.layout, self.store, wall=self.wall)
-        self.runner = AttemptRunner(
+        self.runs = Runs(
             self.config,
             self.layout,
             self.store,
+            self.executor if self.executor is not None else LocalExecutor(),
             clock=self.clock,
             wall=self.wall,
             rng=self.rng,
-            executor=self.executor,
         )
-        self.runner.gpu = self.sampler.sample()
+        self.ledger = GpuLedger(self.runs)
+        self.launcher = Launcher(self.runs, self.ledger)
+        self.runner = AttemptRunner(self.runs, self.ledger)
+        forgetters = [self.runs.forget, self.ledger.forget, self.launcher.forget, self.runner.forget]
+        self.publisher = Publisher(self.runs, self.ledger, forgetters)
+        self.runs.gpu = self.sampler.sample()
         recovered = self.intake.recover_claims()
         if recovered.accepted or recovered.rejected:
             log.info("finished interrupted intake: %s", recovered)
@@ -104,19 +118,19 @@ class Daemon:
         self._watcher.start()
         if self.metrics_enabled:
             self._start_metrics()
-        self._view = self.runner.view(self.clock(), self.started_at, 0.0)  # no notify before READY
+        self._view = self.publisher.view(self.clock(), self.started_at, 0.0)  # no notify before READY
         self.notifier.ready(self.status_line())
         log.info("mkd ready: jobs in %s, runs in %s", self.layout.jobs_dir, self.layout.runs_dir)
 
     def close(self) -> None:
         """Leave runs running (they are re-adopted by the next daemon) and release everything."""
-        log.info("mkd stopping; %d run(s) keep running and will be re-adopted", len(self.runner.live))
+        log.info("mkd stopping; %d run(s) keep running and will be re-adopted", len(self.runs.live))
         self.notifier.stopping()
         if self._watcher is not None:
             self._watcher.stop()
         if self._metrics is not None:
             self._metrics.stop()
-        self.runner.executor.close()
+        self.runs.executor.close()
         self.sampler.close()
         self.store.close()
         if self._lock_fd is not None:
@@ -171,7 +185,7 @@ class Daemon:
             return
         result = self.intake.scan(now)
         if result.accepted:
-            self.runner.poke()
+            self.runs.poke()
 
     def _observe(self, now: float) -> None:
         self.runner.observe(now)
@@ -179,18 +193,19 @@ class Daemon:
     def _start(self, now: float) -> None:
         if self.stop_requests:
             return
-        self.runner.start_runnable(now)
+        self.launcher.start_runnable(now)
 
     def _files(self, now: float) -> None:
-        self.runner.publish_pending()
+        self.publisher.publish_pending()
+        self.publisher.refresh(now)
 
     def _gpus(self, now: float) -> None:
         if now < self._next_gpu_sample:
             return
         self._next_gpu_sample = now + self.config.gpu.sample_every.total_seconds()
         reading: GpuReading = self.sampler.sample()
-        self.runner.on_gpu_reading(reading, now)
-        self.runner.poke()  # memory may have been freed: queued jobs may fit now
+        self.ledger.on_gpu_reading(reading, now)
+        self.runs.poke()  # memory may have been freed: queued jobs may fit now
 
     def _publish(self, now: float) -> None:
         """The view for metrics, status and STATUS=, rebuilt at most once a second; the watchdog every tick."""
@@ -199,12 +214,12 @@ class Daemon:
         if now - self._published_at < PUBLISH_SECONDS:
             return
         self._published_at = now
-        self._view = self.runner.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
+        self._view = self.publisher.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
         self.notifier.status(self.status_line())
         if self.config.metrics.hpc_job_mapping_dir:
             from mkd.metrics import write_hpc_job_mapping
 
-            write_hpc_job_mapping(Path(self.config.metrics.hpc_job_mapping_dir), self.runner.holders_by_index())
+            write_hpc_job_mapping(Path(self.config.metrics.hpc_job_mapping_dir), self.ledger.holders_by_index())
 
     def status_line(self) -> str:
         return report.status_line(self._view)
@@ -233,7 +248,7 @@ class Daemon:
     def _sleep_seconds(self, period: float) -> float:
         """The loop's period, cut short for the next watchdog ping or the end of a retry's backoff."""
         now = self.clock()
-        deadlines = (self.notifier.seconds_until_watchdog(now), self.runner.seconds_until_due())
+        deadlines = (self.notifier.seconds_until_watchdog(now), self.launcher.seconds_until_due())
         return min([period, *(d for d in deadlines if d is not None)])
 
     def run(self) -> int:
@@ -261,7 +276,7 @@ class Daemon:
         if self.stop_requests > 1 or not self.shutdown_stop_runs:
             return True
         self.runner.stop_all(self.clock(), "daemon shutdown --stop-runs")
-        return not self.runner.live
+        return not self.runs.live
 
     def _reload(self) -> None:
         """SIGHUP: read the config again. Paths and the metrics address need a restart; the rest applies."""
@@ -280,7 +295,7 @@ class Daemon:
                     fresh = fresh.model_copy(update={k: getattr(self.config, k) for k in kept})
                 self.config = fresh
                 self.intake.config = fresh
-                self.runner.reconfigure(fresh)
+                self.runs.reconfigure(fresh)
                 logging.getLogger().setLevel(fresh.log_level.upper())
                 log.info("SIGHUP: config reloaded")
         self.notifier.ready(self.status_line())

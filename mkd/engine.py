@@ -14,8 +14,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from mkd.exits import ExitRecord, read_exit
 from mkd.fsutil import atomic_write_json, read_json
 from mkd.procs import group_members, is_same_process, signal_group, signal_process, start_ticks
 from mkd.sdnotify import without_notify_vars
@@ -39,16 +39,6 @@ class LaunchSpec:
 class ShimHandle:
     pid: int
     start_ticks: int | None
-
-
-@dataclass(frozen=True)
-class ExitRecord:
-    returncode: int | None
-    signal: int | None
-    stop_requested: bool
-    lingering_workers: int
-    spawn_error: str | None
-    lost: bool = False  # the shim died without writing exit.json
 
 
 @dataclass(frozen=True)
@@ -120,7 +110,7 @@ class Engine:
         """The attempt's end, or None while it runs (its shim writes exit.json, then exits)."""
         if self.shim_alive(handle):
             return None
-        record = _exit_record(attempt_dir)
+        record = read_exit(attempt_dir)
         if record is not None:
             return record
         return ExitRecord(None, None, False, 0, None, lost=True)
@@ -180,19 +170,6 @@ def shim_env(environ: Mapping[str, str]) -> dict[str, str]:
     inherited = env.get("PYTHONPATH")
     env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + inherited if inherited else "")
     return env
-
-
-def _exit_record(attempt_dir: Path) -> ExitRecord | None:
-    data: Any = read_json(attempt_dir / "exit.json")
-    if not isinstance(data, dict):
-        return None
-    return ExitRecord(
-        returncode=data.get("returncode"),
-        signal=data.get("signal"),
-        stop_requested=bool(data.get("stop_requested")),
-        lingering_workers=int(data.get("lingering_workers") or 0),
-        spawn_error=data.get("spawn_error"),
-    )
 
 
 def _reaped(pid: int) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mkd.engine import ExitRecord
+from mkd.exits import ExitRecord
 from mkd.failures import FailureClass, StopReason
 from mkd.mimickit.classify import STAGE_KINDS, ExitInfo, classify
 from mkd.states import Outcome

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mkd.engine import ExitRecord, LaunchSpec
+from mkd.engine import LaunchSpec
+from mkd.exits import ExitRecord
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mkd.config import DaemonConfig, Layout
 from mkd.daemon import Daemon
-from mkd.engine import ExitRecord
 from mkd.executors.base import LaunchRequest, RunRef, RunStatus
+from mkd.exits import ExitRecord
 from mkd.gpus import GpuReading, GpuSample
 from mkd.sdnotify import Notifier
 from mkd.states import LIVE
@@ -164,7 +164,7 @@ def run_until_idle(daemon: Daemon, clock: FakeClock, *, step: float = 0.5, max_t
     """Tick, moving the clock on, until no job is live; returns the ticks it took."""
     for ticks in range(1, max_ticks + 1):
         daemon.tick(clock.monotonic())
-        if not daemon.store.jobs(set(LIVE)) and not daemon.runner.live:
+        if not daemon.store.jobs(set(LIVE)) and not daemon.runs.live:
             daemon.tick(clock.monotonic())  # publish the last state change's files
             return ticks
         clock.advance(step)

@@ -56,7 +56,7 @@ def start(loop: tuple[Path, list[Daemon]], script: object, gpus: int = 2) -> tup
     root, made = loop
     daemon, clock = make_daemon(root, script, gpus)  # type: ignore[arg-type]
     made.append(daemon)
-    executor = daemon.runner.executor
+    executor = daemon.runs.executor
     assert isinstance(executor, FakeExecutor)
     return daemon, clock, executor
 

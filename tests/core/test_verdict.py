@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mkd.engine import ExitRecord
+from mkd.exits import ExitRecord
 from mkd.failures import FailureClass as F
 from mkd.states import Outcome
 from mkd.verdict import AttemptEnd, Verdict, judge, judge_error
