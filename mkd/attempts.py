@@ -25,10 +25,11 @@ from mkd.mimickit.results import check_train_artifacts
 from mkd.procs import read_stat
 from mkd.runs import Runs
 from mkd.spec import JobSpec, Stage
+from mkd.stagekinds import TRAINING
 from mkd.states import AttemptState, JobState
 from mkd.store import AttemptRecord, JobRecord, StoreError
 from mkd.verdict import AttemptEnd, Verdict, judge, judge_error
-from mkd.workload import TRAIN_KINDS, stage_timeout
+from mkd.workload import stage_timeout
 
 log = logging.getLogger("mkd.attempts")
 CONSOLE_TAIL_BYTES = 64 * 1024
@@ -225,7 +226,7 @@ class AttemptRunner:
             stage_kind=stage.kind,
             console_tail=_tail(live.console),
             checks=tuple(stage.checks),
-            artifacts=check_train_artifacts(live.dir / "out") if stage.kind in TRAIN_KINDS else None,
+            artifacts=check_train_artifacts(live.dir / "out") if stage.kind in TRAINING else None,
             multi_device=attempt.params.processes > 1,
             had_progress=live.last is not None,
             test_result_seen=live.parser.test_result is not None,
@@ -290,57 +291,51 @@ class AttemptRunner:
     def restore(self, now: float) -> None:
         """Re-adopt attempts recorded as running; a dead one is finished with its real exit status."""
         for attempt in self.runs.store.attempts(live_only=True):
-            attempt_dir = Path(attempt.dir)
-            recorded = RunRef.from_json(attempt.run_ref) if attempt.run_ref else None
-            if recorded is None and attempt.shim_pid:
-                recorded = RunRef(pid=attempt.shim_pid, start_ticks=attempt.shim_start)
-            handle = self.runs.executor.adopt(recorded, attempt_dir)
             job = self.runs.store.get_job(attempt.job_id)
             assert job is not None
-            spec = self.runs.spec(job)
-            stage = spec.effective_stages[attempt.stage_index]
-            started = now - max(0.0, self.runs.wall() - attempt.started_at)
-            live = LiveAttempt(
-                attempt_id=attempt.id,
-                job_id=attempt.job_id,
-                dir=attempt_dir,
-                console=attempt_dir / "console.log",
-                handle=handle or RunRef(),
-                started_mono=started,
-                gpu_indices=attempt.params.gpu_indices,
-                gpu_uuids=attempt.params.gpu_uuids,
-                timeout_seconds=stage_timeout(stage),
-                stage_kind=stage.kind,
-                stop_reason=attempt.stop_reason,
-                stop_sent_mono=now if attempt.stop_reason else None,
-            )
-            while live.read_new() != ([], []):
-                pass
-            if live.last is not None:
-                live.last_progress_mono = now
+            live = self._adopt(attempt, self.runs.spec(job), now)
             self.runs.live[attempt.id] = live
-            child = child_info(attempt_dir)
-            alive = handle is not None and self.runs.executor.poll(handle, attempt_dir).exit is None
-            where = (
-                f"Slurm job {handle.slurm_job_id}"
-                if handle and handle.slurm_job_id
-                else f"shim {handle.pid if handle else '-'}"
-            )
+            alive = live.handle.pid is not None or live.handle.slurm_job_id is not None
+            alive = alive and self.runs.executor.poll(live.handle, live.dir).exit is None
+            child = child_info(live.dir)
             message = (
-                f"re-adopted attempt {attempt.number} ({where}, run pid {child.pid if child else '-'})"
+                f"re-adopted attempt {attempt.number} ({_where(live.handle)}, run pid {child.pid if child else '-'})"
                 if alive
                 else f"attempt {attempt.number} ended while mkd was down"
             )
             self.runs.event(attempt.job_id, "restore", message)
             if job.state in (JobState.QUEUED, JobState.RETRY_WAIT, JobState.STEPPING):
                 # killed between the attempt's row (or shim) and marking the job running: say what is true
-                self.runs.set_state(
-                    job,
-                    JobState.RUNNING,
-                    f"attempt {attempt.number} ({attempt.stage_label}) was started just before mkd stopped",
-                    plan=attempt.params,
-                    next_attempt_at=None,
-                )
+                why = f"attempt {attempt.number} ({attempt.stage_label}) was started just before mkd stopped"
+                self.runs.set_state(job, JobState.RUNNING, why, plan=attempt.params, next_attempt_at=None)
+
+    def _adopt(self, attempt: AttemptRecord, spec: JobSpec, now: float) -> LiveAttempt:
+        """The attempt as a live one again: its executor handle, its console read up to now, its clocks."""
+        attempt_dir = Path(attempt.dir)
+        recorded = RunRef.from_json(attempt.run_ref) if attempt.run_ref else None
+        if recorded is None and attempt.shim_pid:
+            recorded = RunRef(pid=attempt.shim_pid, start_ticks=attempt.shim_start)
+        handle = self.runs.executor.adopt(recorded, attempt_dir)
+        stage = spec.effective_stages[attempt.stage_index]
+        live = LiveAttempt(
+            attempt_id=attempt.id,
+            job_id=attempt.job_id,
+            dir=attempt_dir,
+            console=attempt_dir / "console.log",
+            handle=handle or RunRef(),
+            started_mono=now - max(0.0, self.runs.wall() - attempt.started_at),
+            gpu_indices=attempt.params.gpu_indices,
+            gpu_uuids=attempt.params.gpu_uuids,
+            timeout_seconds=stage_timeout(stage),
+            stage_kind=stage.kind,
+            stop_reason=attempt.stop_reason,
+            stop_sent_mono=now if attempt.stop_reason else None,
+        )
+        while live.read_new() != ([], []):
+            pass
+        if live.last is not None:
+            live.last_progress_mono = now
+        return live
 
 
 def _where(handle: RunRef | None) -> str:

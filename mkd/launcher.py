@@ -154,33 +154,16 @@ class Launcher:
         placement: Placement,
         now: float,
     ) -> None:
-        if plan.processes > 1 and not plan.master_port:
-            plan = replace(plan, master_port=self._free_port())
-        if stage.kind == "probe" and not plan.max_samples:
-            plan = replace(plan, max_samples=probe_samples(plan))
-        plan = replace(plan, gpu_indices=placement.indices, gpu_uuids=placement.uuids)
+        """prepare -> record the attempt -> executor.launch -> live; the job is running."""
         number = len(self.runs.store.attempts(job.job_id)) + 1
         attempt_dir = self.runs.job_dir(job.job_id) / "attempts" / f"{number:02d}-{label}"
         attempt_dir.mkdir(parents=True, exist_ok=True)
         try:
-            plan = self._derive_agent_config(spec, plan, attempt_dir)
+            plan = self._final_plan(spec, stage, plan, placement, attempt_dir)
         except (ValueError, OSError) as error:
             self.runs.set_state(job, JobState.FAILED, f"agent overrides: {error}")
             return
-        command = build_command(
-            config=self.runs.config,
-            layout=self.runs.layout,
-            spec=spec,
-            stage=stage,
-            plan=plan,
-            gpu_indices=list(placement.indices),
-            attempt_dir=attempt_dir,
-        )
-        atomic_write_json(
-            attempt_dir / "command.json",
-            {"argv": command.argv, "cwd": command.cwd, "env": command.env, "nccl": command.nccl_applied},
-            mode=0o600,  # holds the run's whole environment
-        )
+        launch = self._prepare(job, spec, stage, label, plan, attempt_dir)
         attempt = self.runs.store.add_attempt(
             job_id=job.job_id,
             stage_index=job.stage_index,
@@ -189,26 +172,7 @@ class Launcher:
             dir=str(attempt_dir),
             now=self.runs.wall(),
         )
-        console = attempt_dir / "console.log"
-        handle = self.runs.executor.launch(
-            LaunchRequest(
-                job_id=job.job_id,
-                attempt_number=attempt.number,
-                stage_label=label,
-                attempt_dir=attempt_dir,
-                spec=LaunchSpec(
-                    argv=command.argv,
-                    env=command.env,
-                    cwd=command.cwd,
-                    console=console,
-                    grace_seconds=spec.watch.stop_grace.total_seconds(),
-                    log_max_bytes=self.runs.config.console_log_max,
-                    log_backups=self.runs.config.console_log_backups,
-                ),
-                gpu_count=plan.gpus,
-                gpu_indices=placement.indices,
-            )
-        )
+        handle = self.runs.executor.launch(replace(launch, attempt_number=attempt.number))
         self.runs.store.update_attempt(
             attempt.id, shim_pid=handle.pid, shim_start=handle.start_ticks, run_ref=handle.to_json()
         )
@@ -216,7 +180,7 @@ class Launcher:
             attempt_id=attempt.id,
             job_id=job.job_id,
             dir=attempt_dir,
-            console=console,
+            console=launch.spec.console,
             handle=handle,
             started_mono=now,
             gpu_indices=placement.indices,
@@ -226,12 +190,53 @@ class Launcher:
         )
         devices = ",".join(f"GPU{i}" for i in placement.indices) or "no GPU"
         where = f"num_envs={plan.num_envs} on {devices}" if plan.num_envs else f"on {devices}"
-        self.runs.set_state(
-            job,
-            JobState.RUNNING,
-            f"attempt {attempt.number} ({label}) started, {where}",
+        reason = f"attempt {attempt.number} ({label}) started, {where}"
+        self.runs.set_state(job, JobState.RUNNING, reason, plan=plan, next_attempt_at=None)
+
+    def _final_plan(self, spec: JobSpec, stage: Stage, plan: Plan, placement: Placement, attempt_dir: Path) -> Plan:
+        """What only launch time knows: a free master port, a probe's sample budget, the GPUs, the agent YAML."""
+        if plan.processes > 1 and not plan.master_port:
+            plan = replace(plan, master_port=self._free_port())
+        if stage.kind == "probe" and not plan.max_samples:
+            plan = replace(plan, max_samples=probe_samples(plan))
+        plan = replace(plan, gpu_indices=placement.indices, gpu_uuids=placement.uuids)
+        return self._derive_agent_config(spec, plan, attempt_dir)
+
+    def _prepare(
+        self, job: JobRecord, spec: JobSpec, stage: Stage, label: str, plan: Plan, attempt_dir: Path
+    ) -> LaunchRequest:
+        """The exact command (kept in command.json) and what the executor needs to run it."""
+        command = build_command(
+            config=self.runs.config,
+            layout=self.runs.layout,
+            spec=spec,
+            stage=stage,
             plan=plan,
-            next_attempt_at=None,
+            gpu_indices=list(plan.gpu_indices),
+            attempt_dir=attempt_dir,
+        )
+        atomic_write_json(
+            attempt_dir / "command.json",
+            {"argv": command.argv, "cwd": command.cwd, "env": command.env, "nccl": command.nccl_applied},
+            mode=0o600,  # holds the run's whole environment
+        )
+        config = self.runs.config
+        return LaunchRequest(
+            job_id=job.job_id,
+            attempt_number=0,  # set once the store numbered the attempt
+            stage_label=label,
+            attempt_dir=attempt_dir,
+            spec=LaunchSpec(
+                argv=command.argv,
+                env=command.env,
+                cwd=command.cwd,
+                console=attempt_dir / "console.log",
+                grace_seconds=spec.watch.stop_grace.total_seconds(),
+                log_max_bytes=config.console_log_max,
+                log_backups=config.console_log_backups,
+            ),
+            gpu_count=plan.gpus,
+            gpu_indices=plan.gpu_indices,
         )
 
     def _derive_agent_config(self, spec: JobSpec, plan: Plan, attempt_dir: Path) -> Plan:

@@ -17,11 +17,10 @@ from mkd.failures import FailureClass
 from mkd.memory import Fallback, JobMemory, JsonValue, Plan, StageResult, SweepRow
 from mkd.policy import Decision, Observation, decide
 from mkd.spec import JobSpec, Stage
+from mkd.stagekinds import TRAINING
 from mkd.stages import CAPACITY_FAILURES, plan_stage, probe_begin, probe_mid, probe_record, sweep_best, sweep_point_plan
 from mkd.states import JobState
 from mkd.verdict import Verdict
-
-TRAIN_KINDS = frozenset({"train", "warmup", "long_run", "probe", "sweep"})
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def _count(job: Job, ended: Ended) -> JobMemory:
 def _passed(job: Job, ended: Ended) -> Step:
     memory = job.memory
     result = _figures(StageResult(passed=True, attempt=ended.number, num_envs=job.plan.num_envs), ended.progress)
-    if job.stage.kind in TRAIN_KINDS and ended.model_file:
+    if job.stage.kind in TRAINING and ended.model_file:
         memory = replace(memory, models={**memory.models, job.label: ended.model_file}, latest_model=ended.model_file)
     if job.stage.kind == "warmup":
         memory = replace(memory, num_envs=job.plan.num_envs)

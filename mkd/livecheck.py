@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from mkd.failures import FailureClass, StopReason
 from mkd.mimickit.classify import row_has_nan, scan_live
 from mkd.mimickit.console import IterationRow
+from mkd.stagekinds import TRAINING
 
-TRAIN_KINDS = frozenset({"train", "warmup", "long_run", "probe", "sweep"})
 STOPPED_STATES = frozenset({"T", "t"})  # SIGSTOP'd or traced
 
 
@@ -55,7 +55,7 @@ def check(facts: RunFacts, lines: Sequence[str], rows: Sequence[IterationRow]) -
 def _clocks(facts: RunFacts) -> StopRequest | None:
     if facts.timeout is not None and facts.age > facts.timeout:
         return StopRequest(FailureClass.TIMEOUT.value, (f"stage timeout of {facts.timeout:.0f} s reached",))
-    training = facts.stage_kind in TRAIN_KINDS
+    training = facts.stage_kind in TRAINING
     if training and facts.since_progress is None:
         if facts.age > facts.startup_timeout:
             why = f"no iteration within the start-up timeout ({facts.startup_timeout:.0f} s)"

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from mkd.memory import Plan
 from mkd.spec import ClassAction, Retry
+from mkd.stagekinds import EVALUATING
 
 DEFAULT_LADDER_FLOOR = 64
-HANG_AGAIN_KINDS = frozenset({"test", "visualize"})  # a stall or timeout there is deterministic
 
 # The runbook's fallback ladder per failure class: the steps tried in order, the first
 # one that still changes something is taken. A class that maps to ("give_up",) is
@@ -109,6 +109,28 @@ def backoff(retry: Retry, attempt_in_stage: int, rng: random.Random) -> float:
     return float(capped * rng.uniform(0.9, 1.1))
 
 
+def _stop_reason(
+    obs: Observation,
+    failure: str,
+    steps: tuple[str, ...],
+    override: str | None,
+    retry: Retry,
+    attempts_in_stage: int,
+    no_progress_streak: int,
+) -> str | None:
+    """Why no retry is worth it, if none is: permanent, exhausted, a crash loop, a hang that repeats."""
+    if steps == ("give_up",):
+        return f"{failure}: retrying cannot fix this"
+    if attempts_in_stage >= retry.max_attempts:
+        return f"{failure}: retries exhausted ({attempts_in_stage} of {retry.max_attempts} attempts)"
+    if no_progress_streak >= retry.max_no_progress:
+        return f"{failure}: {no_progress_streak} attempts in a row without progress (crash-loop breaker)"
+    if obs.stage_kind in EVALUATING and failure in ("stall", "timeout") and override is None:
+        # MimicKit's test mode runs until test_episodes are done: a hang there repeats, unchanged
+        return f"{failure}: a {obs.stage_kind} stage that hung would hang again unchanged"
+    return None
+
+
 def decide(
     obs: Observation,
     plan: Plan,
@@ -125,17 +147,9 @@ def decide(
     steps: tuple[str, ...] = (override,) if override else DEFAULT_STEPS.get(failure, ("retry",))
     if obs.permanent and override is None:
         steps = ("give_up",)
-    if steps == ("give_up",):
-        return Decision("fail", f"{failure}: retrying cannot fix this")
-    if attempts_in_stage >= retry.max_attempts:
-        return Decision("fail", f"{failure}: retries exhausted ({attempts_in_stage} of {retry.max_attempts} attempts)")
-    if no_progress_streak >= retry.max_no_progress:
-        return Decision(
-            "fail", f"{failure}: {no_progress_streak} attempts in a row without progress (crash-loop breaker)"
-        )
-    if obs.stage_kind in HANG_AGAIN_KINDS and failure in ("stall", "timeout") and override is None:
-        # MimicKit's test mode runs until test_episodes are done: a hang there repeats, unchanged
-        return Decision("fail", f"{failure}: a {obs.stage_kind} stage that hung would hang again unchanged")
+    stop = _stop_reason(obs, failure, steps, override, retry, attempts_in_stage, no_progress_streak)
+    if stop is not None:
+        return Decision("fail", stop)
     if failure == "cuda_oom" and obs.foreign_memory and override is None:
         return Decision(
             "retry",

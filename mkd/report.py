@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mkd.fsutil import read_json
 from mkd.memory import StageResult
+from mkd.stagekinds import EVALUATING, TRAINING
 from mkd.store import AttemptRecord, Event, JobRecord
 
 if TYPE_CHECKING:  # `mkd status` imports this module for attempt_dict: no pydantic (mkd.spec) here
@@ -135,7 +136,7 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
         items[f"{label}: num_envs"] = str(final.params.num_envs)
         items[f"{label}: attempts"] = str(len(tried))
         items[f"{label}: exit"] = f"returncode {final.returncode}, signal {final.signal}, outcome {final.outcome}"
-        if stage.kind in ("train", "warmup", "long_run", "probe", "sweep"):
+        if stage.kind in TRAINING:
             artifacts = check_train_artifacts(out_dir)
             items[f"{label}: output"] = str(out_dir)
             items[f"{label}: model.pt"] = "yes" if artifacts["model.pt"] else "no"
@@ -143,7 +144,7 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
         if stage.kind == "long_run":
             items[f"{label}: alive"] = "yes" if _alive(final) else "no"
         test = final.progress.get("test_result")
-        if stage.kind in ("test", "visualize"):
+        if stage.kind in EVALUATING:
             items[f"{label}: Mean Return"] = str(test["mean_return"]) if test else "not printed"
             items[f"{label}: Episodes"] = str(test["episodes"]) if test else "-"
         if stage.kind == "probe":

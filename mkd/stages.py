@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from mkd.memory import JobMemory, Plan, ProbeState, SweepRow, SweepState
 from mkd.mimickit.progress import STEPS_PER_ITERATION
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
+from mkd.stagekinds import EVALUATING
 
 # Failures that say "this scale does not fit" (a probe rung fails); others are retried.
 CAPACITY_FAILURES = frozenset(
@@ -35,11 +36,11 @@ def plan_stage(spec: JobSpec, stage: Stage, memory: JobMemory) -> tuple[Plan, Jo
     memory begun (a probe ladder's bisection, a sweep's first point)."""
     devices = stage_devices(spec, stage)
     gpus = spec.gpu_count() if stage.devices is None else len([d for d in devices if d.startswith("cuda")])
-    if stage.kind in ("test", "visualize") and gpus > 1:
+    if stage.kind in EVALUATING and gpus > 1:
         gpus = 1  # the runbook: keep test/visualize single-GPU for reliability
     plan = Plan(
         gpus=gpus,
-        processes=1 if stage.kind in ("test", "visualize") else len(devices),
+        processes=1 if stage.kind in EVALUATING else len(devices),
         nccl_preset=spec.nccl.preset,
     )
     workload = spec.workload
@@ -49,7 +50,7 @@ def plan_stage(spec: JobSpec, stage: Stage, memory: JobMemory) -> tuple[Plan, Jo
     if stage.kind == "visualize":
         num_envs = stage.num_envs or 1
     plan = replace(plan, num_envs=num_envs, agent_overrides=dict(workload.agent_overrides or {}))
-    if stage.kind in ("test", "visualize"):
+    if stage.kind in EVALUATING:
         plan = replace(
             plan, test_episodes=stage.test_episodes or 1, model_file=model_for(stage, memory) or workload.model_file
         )

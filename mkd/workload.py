@@ -19,7 +19,6 @@ from mkd.spec import CommandWorkload, JobSpec, MimicKitWorkload, Stage
 
 MESA_OVERRIDES = {"MESA_GL_VERSION_OVERRIDE": "3.3", "MESA_GLSL_VERSION_OVERRIDE": "330"}
 VISUALIZE_TIMEOUT_SECONDS = 180.0
-TRAIN_KINDS = ("train", "warmup", "long_run", "probe", "sweep")
 
 
 @dataclass(frozen=True)

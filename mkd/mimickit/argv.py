@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mkd.memory import Plan
 from mkd.spec import MimicKitWorkload
+from mkd.stagekinds import EVALUATING
 
 
 def logical_devices(workload: MimicKitWorkload, plan: Plan, gpu_indices: list[int]) -> list[str]:
@@ -36,7 +37,7 @@ def mimickit_argv(
     add("engine_config", workload.engine_config)
     add("env_config", workload.env_config)
     add("agent_config", plan.agent_config or workload.agent_config)
-    is_test = stage_kind in ("test", "visualize")
+    is_test = stage_kind in EVALUATING
     add("mode", "test" if is_test else "train")
     add("visualize", "true" if stage_kind == "visualize" else "false")
     devices = logical_devices(workload, plan, gpu_indices)

@@ -26,6 +26,7 @@ PIPELINE = {
 PURE = ("mkd.verdict", "mkd.lifecycle", "mkd.policy", "mkd.stages", "mkd.livecheck", "mkd.memory", "mkd.scheduler")
 PURE_MAY_USE = {
     "mkd.exits",
+    "mkd.stagekinds",
     "mkd.failures",
     "mkd.states",
     "mkd.spec",
@@ -86,3 +87,12 @@ def test_the_pure_core_imports_no_io_module(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(m for m in modules() if m.startswith("mkd.mimickit")))
 def test_mimickit_knowledge_depends_on_nothing_of_the_daemon(name: str) -> None:
     assert not closure(name) & (PIPELINE | {"mkd.store", "mkd.engine"}), name
+
+
+def test_the_job_file_schema_and_the_stage_kinds_agree() -> None:
+    from typing import get_args
+
+    from mkd.spec import StageKind as Literal
+    from mkd.stagekinds import StageKind
+
+    assert set(get_args(Literal)) == {kind.value for kind in StageKind}
