@@ -17,6 +17,7 @@ from mkd.engine import child_info
 from mkd.executors.base import RunRef, RunStatus
 from mkd.exits import ExitRecord
 from mkd.failures import FailureClass
+from mkd.fsutil import read_tail
 from mkd.gpu_ledger import GpuLedger
 from mkd.lifecycle import Ended, after_attempt
 from mkd.live import LiveAttempt
@@ -224,7 +225,7 @@ class AttemptRunner:
         return AttemptEnd(
             exit=exit,
             stage_kind=stage.kind,
-            console_tail=_tail(live.console),
+            console_tail=read_tail(live.console, CONSOLE_TAIL_BYTES),
             checks=tuple(stage.checks),
             artifacts=check_train_artifacts(live.dir / "out") if stage.kind in TRAINING else None,
             multi_device=attempt.params.processes > 1,
@@ -349,14 +350,3 @@ def _disk_full(path: Path) -> bool:
         return os.statvfs(path).f_bavail == 0
     except OSError:
         return False
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - CONSOLE_TAIL_BYTES))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""

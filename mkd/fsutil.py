@@ -61,3 +61,14 @@ def free_name(folder: Path, name: str) -> Path:
         candidate = folder / f"{stem}-{n}{dot}{suffix}"
         n += 1
     return candidate
+
+
+def read_tail(path: str | os.PathLike[str], max_bytes: int) -> str:
+    """The last `max_bytes` of a text file (a console log), decoded leniently; "" when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - max_bytes))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mkd.engine import ChildInfo
-from mkd.fsutil import atomic_write
+from mkd.fsutil import atomic_write, read_tail
 from mkd.gpus import GpuReading, format_gpus_table
 from mkd.procs import all_stats, descendants
 
@@ -19,10 +19,9 @@ TAIL_LINES = 200
 
 
 def log_tail(console: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        text = console.read_bytes()[-256 * 1024 :].decode("utf-8", "replace")
-    except OSError as error:
-        return f"(console unreadable: {error})\n"
+    text = read_tail(console, 256 * 1024)
+    if not text and not console.exists():
+        return "(no console log)\n"
     return "\n".join(text.replace("\r", "\n").splitlines()[-lines:]) + "\n"
 
 

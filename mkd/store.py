@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -594,7 +593,3 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"CREATE UNIQUE INDEX live_names ON jobs(name) WHERE state IN {LIVE_SQL}")
     if "run_ref" not in {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}:
         conn.execute("ALTER TABLE attempts ADD COLUMN run_ref TEXT NOT NULL DEFAULT '{}'")
-
-
-def wall_now() -> float:
-    return time.time()
