@@ -24,6 +24,7 @@ class FailureClass(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     KILLED = "killed"
+    PEER_LOST = "peer_lost"  # a rank outlived its root or a peer (TCPStore/gloo errors): the group must go
     LOST = "lost"  # the shim died without an exit record (mkd cannot know how the run ended)
     UNKNOWN = "unknown"
 
