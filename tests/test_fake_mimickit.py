@@ -435,6 +435,14 @@ def test_linger_outlives_the_root(launch: Launch) -> None:
     run.wait_text("[rank1]:[W")
     assert group_members(run.pgid), "rank 1 lives on in the root's process group"
     assert 'Failed to check the "should dump" flag on TCPStore' in run.text()
+    run.wait_text("Broken pipe")
+    lingering = classify(run.text(), None, multi_device=True)  # what `mkd explain` sees in a bare log
+    real = classify((FIXTURES / "gpu_h100_2gpu_kill9_root.stdout.txt").read_text(), None, multi_device=True)
+    assert lingering is not None and real is not None
+    assert lingering.failure is real.failure is F.PEER_LOST
+    assert any(line.startswith("[rank1]:") and line.endswith("Broken pipe") for line in lingering.evidence)
+    killed = classify(run.text(), KILL, multi_device=True)
+    assert killed is not None and killed.failure is F.KILLED, "with the root's SIGKILL known, that is the cause"
 
 
 # --- MimicKit's own config checks (real outputs: cpu_fail_* from MimicKit f8d0d70 on CPU) ---------

@@ -201,6 +201,7 @@ def _wait_for_root(ctx: Rank) -> None:
         return
     if not ctx.faults.has("linger"):
         raise RuntimeError(texts.GLOO_PEER_CLOSED)
+    print(texts.orphan_first_warning(ctx.rank, ctx.master_port), file=sys.stderr, flush=True)
     while True:
         print(texts.orphan_warnings(ctx.rank, ctx.master_port), file=sys.stderr, flush=True)
         time.sleep(1.0)
