@@ -98,3 +98,4 @@ def test_explain_on_a_stalled_attempt_says_mkd_stopped_it(home: Home, tmp_path: 
     copied = json.loads(bare.stdout)
     assert copied["failure"] is None and copied["verdict"] == "stopped by mkd" and copied["stopped_by_mkd"] is True
     assert "outside mkd" not in str(copied["remedy"])
+    assert "post-mortem bundle" in str(copied["remedy"]), "the stall's postmortem/ came along"

@@ -75,7 +75,7 @@ def explain_report(path: Path, *, multi_device: bool | None = None, store_path: 
     exit_info, exit_source = (shim.exit, "exit.json beside the log") if shim else infer_exit(text)
     record = daemon_record(path, store_path)
     multi = infer_multi_device(text) if multi_device is None else multi_device
-    stop = _stop(shim, record)
+    stop = _stop(shim, record, (path.parent / "postmortem").is_dir())
     found = classify(
         text, exit_info, multi_device=multi, stage_kind=_stage_kind(text), stop_reason=_classify_stop_reason(stop)
     )
@@ -123,6 +123,7 @@ class DaemonRecord:
 class _Stop:
     reason: str | None  # None: mkd asked it to stop, the reason is not at hand
     evidence: tuple[str, ...]
+    postmortem: bool = False  # mkd kept ATTEMPT_DIR/postmortem/ before stopping it
 
 
 def _shim_exit(path: Path) -> ShimExit | None:
@@ -149,9 +150,9 @@ def _from_store(attempt_dir: Path, store_path: Path | None) -> DaemonRecord | No
     except (StoreError, sqlite3.Error, OSError):
         return None
     try:
-        attempts = store.attempts(attempt_dir.parent.parent.name)
+        attempts = store.attempts(attempt_dir.parent.parent.name)  # runs/JOB/attempts/NN-STAGE
         match = next((a for a in attempts if _same_dir(a.dir, attempt_dir)), None)
-        if match is None:  # runs_dir moved or renamed: look at every attempt
+        if match is None and (attempt_dir / "exit.json").exists():  # an attempt folder elsewhere: every attempt
             match = next((a for a in store.attempts() if _same_dir(a.dir, attempt_dir)), None)
     except sqlite3.Error:
         return None
@@ -193,14 +194,14 @@ def _same_dir(recorded: str, attempt_dir: Path) -> bool:
         return False
 
 
-def _stop(shim: ShimExit | None, record: DaemonRecord | None) -> _Stop | None:
+def _stop(shim: ShimExit | None, record: DaemonRecord | None, postmortem: bool) -> _Stop | None:
     """Whether mkd itself stopped the run, and why, from every record there is."""
     if record is not None and record.stop_reason:
-        return _Stop(record.stop_reason, record.evidence)
+        return _Stop(record.stop_reason, record.evidence, postmortem)
     if record is not None and record.outcome == "stopped":  # status.json: the class is the reason
-        return _Stop(record.failure, record.evidence)
+        return _Stop(record.failure, record.evidence, postmortem)
     if shim is not None and shim.stop_requested:
-        return _Stop(None, ())
+        return _Stop(None, (), postmortem)
     return None
 
 
@@ -290,12 +291,18 @@ def _verdict(
         return _recorded_verdict(found, record)
     if stop is not None and (found is None or found.failure is FailureClass.KILLED):
         # mkd sent the signal itself: never "something outside mkd killed it"
+        why = (
+            " It kept a post-mortem bundle (postmortem/) first, as it does for a stall, a timeout or a "
+            "kill-now signature, not for a cancel."
+            if stop.postmortem
+            else ""
+        )
         return {
             "failure": None,
             "verdict": "stopped by mkd",
             "permanent": None,
             "remedy": "mkd stopped this run itself (exit.json says stop_requested); `mkd status JOB` and "
-            "`mkd report JOB` say why.",
+            f"`mkd report JOB` say why.{why}",
             "evidence": list(stop.evidence),
         }
     if found is None:
