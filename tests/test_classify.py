@@ -342,10 +342,11 @@ def test_the_missing_checkout_remedy_points_at_mimickit_dir_and_doctor() -> None
 def test_every_mimickit_check_text_is_a_config_error(check: MimicKitCheck, text: str) -> None:
     """Each text read in MimicKit's source, in the form MimicKit prints it (a value after the
     fixed start), with and without torch's rank prefix."""
+    start = "Env 3 Obj 0 DoF 5: " if check.anywhere else ""
     if check.printed:
         lines = [f"{text}foo", "Traceback (most recent call last):", "AssertionError: None"]
     else:
-        lines = ["Traceback (most recent call last):", f"{check.exception}: {text}foo"]
+        lines = ["Traceback (most recent call last):", f"{check.exception}: {start}{text}foo"]
     for prefix in ("", "[rank0]: "):
         found = classify("\n".join(prefix + line for line in lines) + "\n", RC1, multi_device=bool(prefix))
         assert found is not None and found.failure is F.CONFIG_ERROR and found.permanent, (prefix, text)

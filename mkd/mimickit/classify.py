@@ -81,6 +81,7 @@ class MimicKitCheck:
     fix: str  # what the job must change
     exception: str = "AssertionError"
     printed: bool = False  # `assert False, print(text)`: the text is a line of its own, the error bare
+    anywhere: bool = False  # the text follows a variable start (`Env 3 Obj 0 DoF 5: <text>`)
     seen: str = ""  # the real run it was seen in (tests/fixtures/mimickit/), if any
 
 
@@ -88,8 +89,9 @@ class MimicKitCheck:
 # found by reading its source ("Unsupported", assert, raise ValueError, NotImplementedError).
 # Left out on purpose: "Network parameters desynchronized" (learning/mp_optimizer.py:33, a fault of a
 # multi-process run, not of its config), the logger's "Trying to introduce a new key" (util/logger.py:86)
-# and the recorders' "Unable to create video camera" / "Failed to render image" (run-time failures),
-# tinymdm's bare NotImplementedError (abstract methods), and asserts without a message.
+# the recorders' "Unable to create video camera" / "Failed to render image" and Isaac Gym's "Failed to
+# create simulator." (run-time failures), torch_util's "letter must be either X, Y or Z." (an internal
+# argument), tinymdm's bare NotImplementedError (abstract methods), and asserts without a message.
 MIMICKIT_CHECKS: tuple[MimicKitCheck, ...] = (
     MimicKitCheck(
         ("Unsupported net: ",),
@@ -185,6 +187,13 @@ MIMICKIT_CHECKS: tuple[MimicKitCheck, ...] = (
         "the character asset's joint limits (limited=true, non-zero bounds)",
     ),
     MimicKitCheck(
+        ("both lower and upper limits are 0.0", "invalid bound detected"),
+        "engines/isaac_gym_engine.py:433,437,441",
+        "the character asset's joint limits (limited=true, non-zero bounds)",
+        exception="ValueError",
+        anywhere=True,
+    ),
+    MimicKitCheck(
         ("Unsupported action space: ", "Unsuppoted action space: "),
         "learning/base_agent.py:113,183, base_model.py:32, dummy_agent.py:38",
         "the agent config or the env config: the agent does not handle this env's action space",
@@ -250,7 +259,8 @@ def _check_signature(check: MimicKitCheck) -> Signature:
     texts = "|".join(re.escape(text) for text in check.texts)
     # a printed text is a line of its own, perhaps with torch's rank prefix (the traceback's source line
     # that holds the same text is indented); otherwise the exception line
-    pattern = rf"{_EXC}(?:{texts})" if check.printed else rf"{re.escape(check.exception)}: (?:{texts})"
+    start = ".*" if check.anywhere else ""
+    pattern = rf"{_EXC}(?:{texts})" if check.printed else rf"{re.escape(check.exception)}: {start}(?:{texts})"
     seen = f"; seen: {check.seen}" if check.seen else ""
     return _sig(
         _F.CONFIG_ERROR,
