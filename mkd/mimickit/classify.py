@@ -1,9 +1,11 @@
 """Classify a MimicKit attempt from its exit status and console log into one failure class.
 
 Every log signature lives in `SIGNATURES`, each with its class and where its text came from:
-a section of the team's MimicKit notes (mimickit.md, real runs) or "synthesized" for the
-runbook's class D texts and NCCL init errors, which were never provoked for real. The classes
-follow the runbook's Fallback Ladder (A-D) plus the failures the real runs showed.
+a section of the team's MimicKit notes (mimickit.md, real runs), a real output under
+tests/fixtures/mimickit/, the file and line in MimicKit's source (its own config checks,
+`MIMICKIT_CHECKS`), or "synthesized" for the runbook's class D texts and NCCL init errors, which
+were never provoked for real. The classes follow the runbook's Fallback Ladder (A-D) plus the
+failures the real runs showed. A signature may carry its own remedy: what to fix for that text.
 
 `classify` decides for an attempt that ended (or is still running); `scan_live` answers a
 narrower question for a running one: do these new lines mean "kill it now", because the real
