@@ -213,7 +213,7 @@ def cmd_gpus(args: argparse.Namespace, layout: Layout) -> int:
 def cmd_explain(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
     from mkd.client.explain import explain_main
 
-    return explain_main(args.rest)
+    return explain_main(args.rest, store_path=layout.db)
 
 
 def cmd_doctor(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:

@@ -25,6 +25,7 @@ class FailureClass(StrEnum):
     CANCELLED = "cancelled"
     KILLED = "killed"
     MKD_ERROR = "mkd_error"  # mkd itself failed while judging the attempt (a bug: the evidence says where)
+    PEER_LOST = "peer_lost"  # a rank outlived its root or a peer (TCPStore/gloo errors): the group must go
     LOST = "lost"  # the shim died without an exit record (mkd cannot know how the run ended)
     UNKNOWN = "unknown"
 

@@ -32,6 +32,7 @@ DEFAULT_STEPS: dict[str, tuple[ClassAction, ...]] = {
     "stall": ("retry",),
     "timeout": ("retry",),
     "killed": ("retry",),
+    "peer_lost": ("retry",),  # kill the whole group, run again
     "lost": ("retry",),
     "unknown": ("retry",),
     "nan_divergence": ("give_up",),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 from pathlib import Path
 
@@ -11,10 +12,13 @@ from hypothesis import strategies as st
 
 from mkd.mimickit.classify import (
     CAUSE_ORDER,
+    MIMICKIT_CHECKS,
+    PERMANENT,
     REMEDIES,
     SIGNATURES,
     ExitInfo,
     FailureClass,
+    MimicKitCheck,
     Signature,
     classify,
     row_has_nan,
@@ -22,6 +26,8 @@ from mkd.mimickit.classify import (
     split_lines,
 )
 from mkd.mimickit.console import ConsoleParser
+from mkd.policy import DEFAULT_STEPS, Observation, decide
+from mkd.spec import Retry
 
 F = FailureClass
 FIXTURES = Path(__file__).parent / "fixtures" / "mimickit"
@@ -273,3 +279,186 @@ def test_a_signature_line_amid_a_progress_table_is_still_found() -> None:
     table = "\n".join(f"| Train_Return | {i}.5 |" for i in range(40))
     hits = scan_live([*table.splitlines(), "NCCL WARN Cuda failure 2 'out of memory'", *table.splitlines()])
     assert hits is not None and hits.failure is FailureClass.NCCL_ABORT_HANG
+
+
+# -- MimicKit's own config checks, real outputs (CPU, MimicKit f8d0d70; tests/fixtures/mimickit/README.md)
+CONFIG_ERRORS = [
+    ("cpu_fail_agent_net_unsupported", "AssertionError: Unsupported net: fc_9layers_1024units", "model.actor_net"),
+    (
+        "cpu_fail_agent_optimizer_unsupported",
+        "AssertionError: Unsupported optimizer type: Adamax",
+        "actor_optimizer.type",
+    ),
+    ("cpu_fail_env_name_unsupported", "AssertionError: Unsupported env: deepmimic_typo", "env_name"),
+    ("cpu_fail_engine_name_unsupported", "Unsupported engine: newtonn", "engine_name"),
+    (
+        "cpu_fail_sim_freq_not_multiple",
+        "AssertionError: Simulation frequency must be a multiple of the control frequency",
+        "sim_freq",
+    ),
+    (
+        "cpu_2proc_fail_devices_unsupported",
+        "AssertionError: Unsupported multiprocessing device tpu",
+        "devices",
+    ),
+    ("cpu_fail_empty_arg_file", "TypeError: argument of type 'NoneType' is not iterable", "arg_file is empty"),
+    ("cpu_fail_empty_env_config", "TypeError: argument of type 'NoneType' is not iterable", "env, engine or agent"),
+    ("cpu_fail_empty_agent_config", "TypeError: 'NoneType' object is not subscriptable", "agent config is empty"),
+    (
+        "cpu_fail_no_checkout_run_py",
+        "<VENV>/bin/python: can't open file '<EMPTY>/mimickit/run.py': [Errno 2] No such file or directory",
+        "`mimickit_dir`",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "evidence", "fix"), CONFIG_ERRORS)
+def test_mimickit_config_checks_are_permanent_config_errors(name: str, evidence: str, fix: str) -> None:
+    text = read(f"{name}.stdout.txt")
+    rc = 2 if "no_checkout" in name else 1
+    assert text.rstrip().endswith(f"EXIT_CODE={rc}"), "the real run's exit status"
+    found = classify(text, ExitInfo(rc, None), multi_device="2proc" in name)
+    assert found is not None
+    assert (found.failure, found.permanent) == (F.CONFIG_ERROR, True)
+    assert evidence in found.evidence
+    assert fix in found.remedy and found.remedy.startswith("Not retried")
+    live = scan_live(split_lines(text))
+    if "2proc" in name:  # the child's traceback: its root would wait for it forever, so it is killed at once
+        assert live is not None and live.failure is F.CONFIG_ERROR
+    else:
+        assert live is None, "an error that exits by itself is not killed early"
+
+
+def test_the_missing_checkout_remedy_points_at_mimickit_dir_and_doctor() -> None:
+    found = classify(read("cpu_fail_no_checkout_run_py.stdout.txt"), ExitInfo(2, None))
+    assert found is not None and "`mkd doctor`" in found.remedy and "`mimickit_dir`" in found.remedy
+
+
+@pytest.mark.parametrize(
+    ("check", "text"),
+    [(check, text) for check in MIMICKIT_CHECKS for text in check.texts],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_every_mimickit_check_text_is_a_config_error(check: MimicKitCheck, text: str) -> None:
+    """Each text read in MimicKit's source, in the form MimicKit prints it (a value after the
+    fixed start), with and without torch's rank prefix."""
+    start = "Env 3 Obj 0 DoF 5: " if check.anywhere else ""
+    if check.printed:
+        lines = [f"{text}foo", "Traceback (most recent call last):", "AssertionError: None"]
+    else:
+        lines = ["Traceback (most recent call last):", f"{check.exception}: {start}{text}foo"]
+    for prefix in ("", "[rank0]: "):
+        found = classify("\n".join(prefix + line for line in lines) + "\n", RC1, multi_device=bool(prefix))
+        assert found is not None and found.failure is F.CONFIG_ERROR and found.permanent, (prefix, text)
+        assert found.evidence == (prefix + lines[0 if check.printed else 1],)
+        assert check.fix in found.remedy
+    assert check.where and not check.where.startswith("mimickit/"), "paths are under mimickit/, said once"
+    signature = next(s for s in SIGNATURES if s.needles and text.lower() in s.needles)
+    assert signature.source.startswith(f"MimicKit source: mimickit/{check.where}")
+
+
+def test_a_printed_check_text_in_a_traceback_source_line_is_not_the_evidence() -> None:
+    """Python shows the failing line of source, which holds the same text, indented."""
+    text = read("cpu_fail_engine_name_unsupported.stdout.txt")
+    found = classify(text, RC1)
+    assert found is not None and found.evidence == ("Unsupported engine: newtonn",)
+
+
+def effective_row(failure: FailureClass) -> tuple[str, ...]:
+    """What mkd.policy.decide does for a class by default: a permanent class gives up."""
+    if failure in PERMANENT:
+        return ("give_up",)
+    return DEFAULT_STEPS[failure.value]
+
+
+# the words a remedy must use for each step of its policy row
+STEP_WORDS = {
+    "retry": "runs it again unchanged",
+    "step_down": "lower num_envs",
+    "single_device": "single device",
+    "nccl_preset": "NCCL preset",
+    "new_port": "new free master_port",
+    "mesa": "MESA_GL_VERSION_OVERRIDE",
+}
+
+
+def remedy_texts() -> list[tuple[FailureClass, str]]:
+    texts = list(REMEDIES.items())
+    texts += [(s.failure, s.remedy) for s in SIGNATURES if s.remedy is not None]
+    return texts
+
+
+@pytest.mark.parametrize(("failure", "remedy"), remedy_texts(), ids=lambda v: v[:40] if isinstance(v, str) else "")
+def test_every_remedy_says_what_the_policy_does(failure: FailureClass, remedy: str) -> None:
+    defaults = Retry()
+    row = effective_row(failure)
+    if row == ("give_up",):
+        assert remedy.startswith("Not retried"), remedy
+        rest = remedy.removeprefix("Not retried")
+        assert "retr" not in rest.lower() and "again unchanged" not in rest, "a class that gives up promises no retry"
+        return
+    assert "not retried" not in remedy.lower()
+    for step in row:
+        assert STEP_WORDS[step] in remedy, (step, remedy)
+    if any(step in ("retry", "new_port") for step in row):  # repeated until the attempts run out
+        assert f"up to {defaults.max_attempts} attempts" in remedy
+        assert f"{defaults.max_no_progress} in a row make no progress" in remedy
+        assert "once" not in remedy
+    if "once" in remedy:
+        assert row == ("mesa",), "only the Mesa step is taken a single time"
+
+
+def test_permanence_follows_the_policy_row() -> None:
+    assert set(DEFAULT_STEPS) | {F.CANCELLED.value} == {member.value for member in FailureClass}
+    for failure in FailureClass:
+        if failure is F.CANCELLED:  # a cancel ends the job; the policy is never asked
+            assert failure in PERMANENT
+            continue
+        assert (DEFAULT_STEPS[failure.value] == ("give_up",)) == (failure in PERMANENT), failure
+    nan = classify(read("cpu_train_nenv4_stock_agent_nan_divergence_then_sigterm.stdout.txt"), None)
+    assert nan is not None and nan.permanent
+
+
+def test_decide_never_retries_a_class_whose_remedy_says_not_retried() -> None:
+    rng = random.Random(1)
+    for failure, remedy in remedy_texts():
+        obs = Observation(stage_kind="train", failure=failure.value, permanent=failure in PERMANENT)
+        decision = decide(obs, {"num_envs": 128}, Retry(), attempts_in_stage=1, no_progress_streak=1, rng=rng)
+        assert (decision.action == "fail") == remedy.startswith("Not retried"), (failure, decision)
+
+
+# -- a rank that lost its root or a peer (mimickit.md §6.1, §6.3)
+def test_a_lingering_rank_alone_is_peer_lost() -> None:
+    """The H100 log of rank 1 after its root was SIGKILLed: only its TCPStore warnings, no exit."""
+    text = read("gpu_h100_2gpu_kill9_root.stdout.txt")
+    found = classify(text, None, multi_device=True)
+    assert found is not None and found.failure is F.PEER_LOST and not found.permanent
+    assert any("Broken pipe" in line and line.startswith("[rank1]:") for line in found.evidence)
+    assert any("TCPStore server has shut down too early" in line for line in found.evidence)
+    assert "kills the whole process group" in found.remedy
+
+
+def test_the_root_killed_by_a_signal_is_the_cause_not_its_orphans() -> None:
+    text = read("gpu_h100_2gpu_kill9_root.stdout.txt")
+    killed = classify(text, KILL, multi_device=True)
+    assert killed is not None and killed.failure is F.KILLED
+    assert any("Broken pipe" in line for line in killed.evidence), "the orphan's lines are kept as evidence"
+    stalled = classify(text, TERM, multi_device=True, stop_reason=F.STALL)
+    assert stalled is not None and stalled.failure is F.STALL
+
+
+def test_only_a_root_that_lost_a_peer_names_peer_lost() -> None:
+    gloo = read("cpu_2proc_sigTERM_root_only.stdout.txt")  # rank 1's gloo error after the root's SIGTERM
+    child = classify(gloo, RC1, multi_device=True)
+    assert child is not None and child.failure is F.UNKNOWN, "rank 1's error only says the root was gone"
+    root = "[rank0]: RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:11664. GLHF!\n"
+    found = classify("Setting seed: 1\n[rank0]: Traceback (most recent call last):\n" + root, RC1, multi_device=True)
+    assert found is not None and found.failure is F.PEER_LOST
+    assert found.evidence == (root.strip(),)
+
+
+def test_peer_lost_lines_do_not_hide_a_real_cause() -> None:
+    orphan = "[rank1]:[W1125 21:00:55.44 ProcessGroupNCCL.cpp:1826] (maybe TCPStore server has shut down too early)"
+    oom = "RuntimeError: Failed to allocate 34406400 bytes on device 'cuda:0'"
+    found = classify(f"{read('cpu_train_nenv16_quick.stdout.txt')}{oom}\n{orphan}\n", RC1, multi_device=True)
+    assert found is not None and found.failure is F.CUDA_OOM

@@ -127,3 +127,55 @@ def test_explain_reads_the_exit_status_mkd_recorded_beside_the_log(tmp_path: Pat
     (tmp_path / "exit.json").write_text('{"returncode": null, "signal": 9}')
     report = explain_report(console)
     assert report["exit"]["signal"] == 9 and report["exit"]["inferred_from"] == "exit.json beside the log"
+
+
+def attempt_folder(root: Path, log_fixture: str, exit_record: dict[str, Any]) -> Path:
+    """runs/JOB/attempts/01-train/ as mkd lays it out: console.log and the shim's exit.json."""
+    folder = root / "runs" / "job-1" / "attempts" / "01-train"
+    folder.mkdir(parents=True)
+    (folder / "console.log").write_text(read(log_fixture))
+    (folder / "exit.json").write_text(json.dumps(exit_record))
+    return folder / "console.log"
+
+
+STOPPED = {"returncode": None, "signal": 15, "stop_requested": True, "lingering_workers": 0}
+
+
+def test_a_run_mkd_stopped_is_never_blamed_on_something_outside_mkd(tmp_path: Path) -> None:
+    console = attempt_folder(tmp_path, "cpu_1proc_sigTERM_PYTHONUNBUFFERED1.stdout.txt", STOPPED)
+    report = explain_report(console)
+    assert (report["failure"], report["verdict"], report["stopped_by_mkd"]) == (None, "stopped by mkd", True)
+    text = explain_file(console)
+    assert "outside mkd" not in text and "stopped by: mkd (reason not recorded beside the log)" in text
+    assert "exit status: killed by signal 15 (exit.json beside the log, sent by mkd)" in text
+    not_stopped = attempt_folder(
+        tmp_path / "b", "cpu_1proc_sigTERM_PYTHONUNBUFFERED1.stdout.txt", {**STOPPED, "stop_requested": False}
+    )
+    assert explain_report(not_stopped)["failure"] == "killed", "a signal mkd did not send is still 'killed'"
+
+
+def test_the_jobs_status_json_gives_the_daemons_class(tmp_path: Path) -> None:
+    console = attempt_folder(tmp_path, "cpu_1proc_sigTERM_PYTHONUNBUFFERED1.stdout.txt", STOPPED)
+    attempt = {"dir": str(console.parent), "state": "ended", "failure_class": "timeout", "outcome": "stopped"}
+    (console.parent.parent.parent / "status.json").write_text(json.dumps({"attempts": [attempt]}))
+    report = explain_report(console)
+    assert (report["failure"], report["stop_reason"], report["recorded_in"]) == ("timeout", "timeout", "status.json")
+    assert report["permanent"] is False and "time limit" in report["remedy"]
+    assert "stopped by: mkd (timeout)" in explain_file(console)
+
+
+def test_a_signature_in_the_log_of_a_stopped_run_is_still_shown(tmp_path: Path) -> None:
+    """mkd kills a class A root at once; without a record the log's own cause is the verdict."""
+    console = attempt_folder(
+        tmp_path, "gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt", {**STOPPED, "signal": 9}
+    )
+    report = explain_report(console)
+    assert report["failure"] == "startup_multi_device" and report["stopped_by_mkd"] is True
+
+
+def test_a_lingering_rank_is_found_as_peer_lost(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16: rank 1's TCPStore Broken pipe warnings after its root died; explain found nothing."""
+    report = run_json("gpu_h100_2gpu_kill9_root.stdout.txt", capsys)
+    assert report["failure"] == "peer_lost" and report["permanent"] is False
+    assert "kills the whole process group" in report["remedy"]
+    assert any("Broken pipe" in line for line in report["evidence"])

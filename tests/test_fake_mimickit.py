@@ -435,3 +435,69 @@ def test_linger_outlives_the_root(launch: Launch) -> None:
     run.wait_text("[rank1]:[W")
     assert group_members(run.pgid), "rank 1 lives on in the root's process group"
     assert 'Failed to check the "should dump" flag on TCPStore' in run.text()
+    run.wait_text("Broken pipe")
+    lingering = classify(run.text(), None, multi_device=True)  # what `mkd explain` sees in a bare log
+    real = classify((FIXTURES / "gpu_h100_2gpu_kill9_root.stdout.txt").read_text(), None, multi_device=True)
+    assert lingering is not None and real is not None
+    assert lingering.failure is real.failure is F.PEER_LOST
+    assert any(line.startswith("[rank1]:") and line.endswith("Broken pipe") for line in lingering.evidence)
+    killed = classify(run.text(), KILL, multi_device=True)
+    assert killed is not None and killed.failure is F.KILLED, "with the root's SIGKILL known, that is the cause"
+
+
+# --- MimicKit's own config checks (real outputs: cpu_fail_* from MimicKit f8d0d70 on CPU) ---------
+
+FAKE_DATA = FAKE_DIR / "data"
+
+
+def derived(tmp_path: Path, base: Path, old: str, new: str) -> str:
+    """A copy of one of the fake checkout's YAMLs with one line changed, as a job's override would."""
+    text = base.read_text()
+    assert old in text
+    path = tmp_path / f"derived-{base.name}"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+def empty(tmp_path: Path) -> str:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    return str(path)
+
+
+AGENT = FAKE_DATA / "agents" / "deepmimic_humanoid_ppo_agent.yaml"
+ENV = FAKE_DATA / "envs" / "deepmimic_humanoid_env.yaml"
+ENGINE = FAKE_DATA / "engines" / "newton_engine.yaml"
+CONFIG_CHECKS: list[tuple[str, Callable[[Path], tuple[str, ...]]]] = [
+    (
+        "cpu_fail_agent_net_unsupported",
+        lambda t: ("--agent_config", derived(t, AGENT, 'actor_net: "fc_2', 'actor_net: "fc_9layers_1024units" #')),
+    ),
+    (
+        "cpu_fail_agent_optimizer_unsupported",
+        lambda t: ("--agent_config", derived(t, AGENT, 'type: "SGD"', 'type: "Adamax"')),
+    ),
+    ("cpu_fail_env_name_unsupported", lambda t: ("--env_config", derived(t, ENV, '"deepmimic"', '"deepmimic_typo"'))),
+    ("cpu_fail_engine_name_unsupported", lambda t: ("--engine_config", derived(t, ENGINE, '"newton"', '"newtonn"'))),
+    (
+        "cpu_fail_sim_freq_not_multiple",
+        lambda t: ("--engine_config", derived(t, ENGINE, "sim_freq: 240", "sim_freq: 100")),
+    ),
+    ("cpu_fail_empty_env_config", lambda t: ("--env_config", empty(t))),
+    ("cpu_fail_empty_agent_config", lambda t: ("--agent_config", empty(t))),
+    ("cpu_fail_empty_arg_file", lambda t: ("--arg_file", "args/empty_args.txt")),
+    ("cpu_2proc_fail_devices_unsupported", lambda t: ("--devices", "tpu", "tpu")),
+]
+
+
+@pytest.mark.parametrize(("real", "args"), CONFIG_CHECKS, ids=[name for name, _ in CONFIG_CHECKS])
+def test_mimickit_config_checks(
+    launch: Launch, tmp_path: Path, real: str, args: Callable[[Path], tuple[str, ...]]
+) -> None:
+    run = launch(*args(tmp_path), "--max_samples", "64")
+    assert finished(run) == 1
+    assert run.last_line() == real_last_line(f"{real}.stdout.txt"), "the same text as the real run"
+    real_found = classify((FIXTURES / f"{real}.stdout.txt").read_text(), ExitInfo(1, None))
+    found = classify(run.text(), ExitInfo(1, None), multi_device="2proc" in real)
+    assert found is not None and real_found is not None
+    assert (found.failure, found.evidence, found.remedy) == (real_found.failure, real_found.evidence, real_found.remedy)

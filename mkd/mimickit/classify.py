@@ -1,9 +1,11 @@
 """Classify a MimicKit attempt from its exit status and console log into one failure class.
 
 Every log signature lives in `SIGNATURES`, each with its class and where its text came from:
-a section of the team's MimicKit notes (mimickit.md, real runs) or "synthesized" for the
-runbook's class D texts and NCCL init errors, which were never provoked for real. The classes
-follow the runbook's Fallback Ladder (A-D) plus the failures the real runs showed.
+a section of the team's MimicKit notes (mimickit.md, real runs), a real output under
+tests/fixtures/mimickit/, the file and line in MimicKit's source (its own config checks,
+`MIMICKIT_CHECKS`), or "synthesized" for the runbook's class D texts and NCCL init errors, which
+were never provoked for real. The classes follow the runbook's Fallback Ladder (A-D) plus the
+failures the real runs showed. A signature may carry its own remedy: what to fix for that text.
 
 `classify` decides for an attempt that ended (or is still running); `scan_live` answers a
 narrower question for a running one: do these new lines mean "kill it now", because the real
@@ -49,6 +51,7 @@ class Signature:
     # Lower-case texts every match contains (one of them): a cheap `in` test on a whole chunk
     # of console output before any regex; tests check them against generated matches.
     needles: tuple[str, ...] = ()
+    remedy: str | None = None  # overrides the class's remedy: what to fix for this very text
 
 
 def _sig(
@@ -59,14 +62,218 @@ def _sig(
     live: bool = False,
     permanent: bool | None = None,
     needles: tuple[str, ...],
+    remedy: str | None = None,
 ) -> Signature:
     # ASCII: console texts are ASCII, and a needle must hold for every match (Unicode case folding
     # would let "ſhader" match "shader").
-    return Signature(failure, re.compile(pattern, re.ASCII), source, live=live, permanent=permanent, needles=needles)
+    compiled = re.compile(pattern, re.ASCII)
+    return Signature(failure, compiled, source, live=live, permanent=permanent, needles=needles, remedy=remedy)
 
 
 _F = FailureClass
 _EXC = r"^(?:\[rank\d+\]:\s*)?"  # an exception line, perhaps with torch's rank prefix (mimickit.md §2)
+
+
+@dataclass(frozen=True)
+class MimicKitCheck:
+    """One of MimicKit's own checks on its configuration: an `assert ..., "<text>"` or a raise."""
+
+    texts: tuple[str, ...]  # the message's fixed start, as MimicKit writes it (typos included)
+    where: str  # file:line in MimicKit (f8d0d70, "cleaning up char_vis_util"), paths under mimickit/
+    fix: str  # what the job must change
+    exception: str = "AssertionError"
+    printed: bool = False  # `assert False, print(text)`: the text is a line of its own, the error bare
+    anywhere: bool = False  # the text follows a variable start (`Env 3 Obj 0 DoF 5: <text>`)
+    seen: str = ""  # the real run it was seen in (tests/fixtures/mimickit/), if any
+
+
+# Every check of MimicKit's builders and loaders that a job's arguments or config files can fail,
+# found by reading its source ("Unsupported", assert, raise ValueError, NotImplementedError).
+# Left out on purpose: "Network parameters desynchronized" (learning/mp_optimizer.py:33, a fault of a
+# multi-process run, not of its config), the logger's "Trying to introduce a new key" (util/logger.py:86)
+# the recorders' "Unable to create video camera" / "Failed to render image" and Isaac Gym's "Failed to
+# create simulator." (run-time failures), torch_util's "letter must be either X, Y or Z." (an internal
+# argument), tinymdm's bare NotImplementedError (abstract methods), and asserts without a message.
+MIMICKIT_CHECKS: tuple[MimicKitCheck, ...] = (
+    MimicKitCheck(
+        ("Unsupported net: ",),
+        "learning/nets/net_builder.py:10",
+        "the agent config's model.actor_net / model.critic_net (or agent_overrides): MimicKit's nets are "
+        "the modules of mimickit/learning/nets/",
+        seen="cpu_fail_agent_net_unsupported",
+    ),
+    MimicKitCheck(
+        ("Unsupported optimizer type: ",),
+        "learning/mp_optimizer.py:58",
+        "the agent config's actor_optimizer.type / critic_optimizer.type: SGD or Adam",
+        seen="cpu_fail_agent_optimizer_unsupported",
+    ),
+    MimicKitCheck(
+        ("Unsupported agent: ",),
+        "learning/agent_builder.py:39",
+        "the agent config's agent_name: PPO, AWR, AMP, ASE, ADD, SMP or LCP",
+        seen="mimickit.md §6 agent_name PPOX",
+    ),
+    MimicKitCheck(
+        ("Unsupported env: ",),
+        "envs/env_builder.py:51",
+        "the env config's env_name",
+        seen="cpu_fail_env_name_unsupported",
+    ),
+    MimicKitCheck(
+        ("Unsupported engine: ",),
+        "engines/engine_builder.py:19",
+        "the engine config's engine_name: newton, isaac_gym or isaac_lab",
+        printed=True,
+        seen="cpu_fail_engine_name_unsupported",
+    ),
+    MimicKitCheck(("Unsupported mode: ",), "run.py:130", "--mode: train or test", seen="mimickit.md §6 --mode"),
+    MimicKitCheck(
+        ("Unsupported logger: ",),
+        "learning/base_agent.py:207",
+        "the job's logger: txt, tb or wandb",
+        seen="mimickit.md §6 --logger foo",
+    ),
+    MimicKitCheck(
+        ("Unsupported multiprocessing device ",),
+        "util/mp_util.py:29",
+        "the job's devices: cpu or cuda:N",
+        seen="cpu_2proc_fail_devices_unsupported",
+    ),
+    MimicKitCheck(("Unsupported simulation device: ",), "engines/isaac_gym_engine.py:724", "the job's devices"),
+    MimicKitCheck(
+        ("Simulation frequency must be a multiple of the control frequency",),
+        "engines/newton_engine.py:317, isaac_gym_engine.py:59, isaac_lab_engine.py:69",
+        "the engine config's sim_freq and control_freq",
+        seen="cpu_fail_sim_freq_not_multiple",
+    ),
+    MimicKitCheck(
+        ("Unsupported control mode: ",),
+        "engines/newton_engine.py:446,870,944, isaac_gym_engine.py:592,686,752, isaac_lab_engine.py:197,757, "
+        "envs/char_env.py:143",
+        "the engine config's control_mode (one that engine supports)",
+    ),
+    MimicKitCheck(
+        ("pd_explicit only supports 1D joints",),
+        "envs/char_env.py:150",
+        "the engine config's control_mode or the character",
+    ),
+    MimicKitCheck(
+        ("Unsupported asset format: ", "Unsupported asset format for Isaac Gym: "),
+        "engines/newton_engine.py:976, isaac_gym_engine.py:142",
+        "the asset files the env config names (.xml, .urdf or .usd)",
+    ),
+    MimicKitCheck(
+        ("Unsupported character file format: ",),
+        "envs/char_env.py:105",
+        "the env config's char_file (.xml, .urdf or .usd)",
+        printed=True,
+    ),
+    MimicKitCheck(
+        (
+            "Unsupported joint type",
+            "Unsuported hinge joint axis: ",
+            "Series joints are not supported",
+            "Joint offsets are not supported",
+            "Invalid format for a spherical joint",
+            "Failed to load USD file: ",
+            "Failed to find articulation root",
+        ),
+        "anim/kin_char_model.py:33,66,87,248, mjcf_char_model.py:127,129,140,165,178,288,348, "
+        "urdf_char_model.py:122, usd_char_model.py:19,22,138,154",
+        "the character asset the env config's char_file names",
+    ),
+    MimicKitCheck(
+        ("init_std must be > 0 for action normalizer",),
+        "learning/base_agent.py:173",
+        "the character asset's joint limits (limited=true, non-zero bounds)",
+    ),
+    MimicKitCheck(
+        ("both lower and upper limits are 0.0", "invalid bound detected"),
+        "engines/isaac_gym_engine.py:433,437,441",
+        "the character asset's joint limits (limited=true, non-zero bounds)",
+        exception="ValueError",
+        anywhere=True,
+    ),
+    MimicKitCheck(
+        ("Unsupported action space: ", "Unsuppoted action space: "),
+        "learning/base_agent.py:113,183, base_model.py:32, dummy_agent.py:38",
+        "the agent config or the env config: the agent does not handle this env's action space",
+    ),
+    MimicKitCheck(
+        ("All envs must have the same number of objects", "Cloning requires all objects that share"),
+        "engines/newton_engine.py:798, isaac_lab_engine.py:800,841",
+        "the env config's objects",
+    ),
+    MimicKitCheck(
+        ("Unsupported obj type: ", "No physics scene found"),
+        "engines/isaac_lab_engine.py:872,961,1209",
+        "the env config's objects and assets",
+    ),
+    MimicKitCheck(
+        ("URDF export is not yet supported", "USD export is not yet supported"),
+        "anim/urdf_char_model.py:79, usd_char_model.py:94",
+        "the character file format (only MJCF .xml can be exported)",
+    ),
+    MimicKitCheck(
+        (
+            "Missing SMP prior config: ",
+            "Missing SMP prior model: ",
+            "SMP prior env mismatch for ",
+            "SMP prior config mismatch for ",
+            "GSI init-state buffer only supports SMP envs",
+            "SMP GSI init-state buffer requires ",
+        ),
+        "learning/smp_agent.py:53,54,99,104,109,140,142,144",
+        "the SMP agent config's prior files, or the env config to match the prior",
+    ),
+    MimicKitCheck(
+        ("Unsupported activation function: ", "Unsupported sampler: ", "Unknown architecture: "),
+        "learning/tinymdm/activations.py:43, tinymdm_model.py:64,193,228",
+        "the SMP prior model's config",
+        exception="ValueError",
+    ),
+    MimicKitCheck(
+        ("Failed to load args from: ",),
+        "run.py:29, util/arg_parser.py:61",
+        "the job's arg_file",
+        printed=True,
+    ),
+    # values MimicKit's own code picks, not a config text (reached only through a config none of its
+    # YAMLs uses); still deterministic, so retrying cannot help either
+    MimicKitCheck(
+        (
+            "Unsupported StdType: ",
+            "Unsupported agent mode: ",
+            "Unsupported camera mode ",
+            "Unsupported Tensorboard value type: ",
+            "Unsupported WandB value type: ",
+            "Unsupported type ",
+        ),
+        "learning/distribution_gaussian_diag.py:38,49, base_agent.py:123, ppo_agent.py:89, awr_agent.py:88, "
+        "ase_agent.py:84, util/camera.py:48, tb_logger.py:64, wandb_logger.py:66, torch_util.py:453,464",
+        "the configs against MimicKit's shipped ones (data/): the evidence names the value it cannot handle",
+    ),
+)
+
+
+def _check_signature(check: MimicKitCheck) -> Signature:
+    texts = "|".join(re.escape(text) for text in check.texts)
+    # a printed text is a line of its own, perhaps with torch's rank prefix (the traceback's source line
+    # that holds the same text is indented); otherwise the exception line
+    start = ".*" if check.anywhere else ""
+    pattern = rf"{_EXC}(?:{texts})" if check.printed else rf"{re.escape(check.exception)}: {start}(?:{texts})"
+    seen = f"; seen: {check.seen}" if check.seen else ""
+    return _sig(
+        _F.CONFIG_ERROR,
+        pattern,
+        f"MimicKit source: mimickit/{check.where}{seen}",
+        needles=tuple(text.lower() for text in check.texts),
+        remedy=f"Not retried: MimicKit rejected the configuration; fix {check.fix}, then submit the job again.",
+    )
+
+
+_PEER_LOST_SOURCE = "seen: §6.1 / §6.3 a rank outliving its root"
 
 SIGNATURES: tuple[Signature, ...] = (
     # -- runbook class D: stuck after an NCCL abort. Never provoked for real; the texts are the
@@ -227,11 +434,25 @@ SIGNATURES: tuple[Signature, ...] = (
         needles=("filenotfounderror: [errno 2]",),
     ),
     _sig(_F.CONFIG_ERROR, _EXC + r"KeyError: ", "seen: §6 agent yaml without a key", needles=("keyerror: ",)),
+    *(_check_signature(check) for check in MIMICKIT_CHECKS),
+    # an empty arg_file, or an empty env/agent/engine YAML: MimicKit reads None for the config and
+    # fails on it (env_builder.py:67 `"engine" in env_config`, agent_builder.py:10, engine_builder.py:7)
     _sig(
         _F.CONFIG_ERROR,
-        r"AssertionError: Unsupported (?:agent|mode|logger)",
-        "seen: §6 bad agent_name/mode/logger",
-        needles=("assertionerror: unsupported ",),
+        _EXC + r"TypeError: .*'NoneType'",
+        "seen: cpu_fail_empty_arg_file, cpu_fail_empty_env_config, cpu_fail_empty_agent_config",
+        needles=("nonetype",),
+        remedy="Not retried: MimicKit read an empty configuration: the arg_file is empty, or an env, engine or "
+        "agent config is empty or not given; fill it in, then submit the job again.",
+    ),
+    # python's own message when there is no MimicKit checkout where the job runs
+    _sig(
+        _F.CONFIG_ERROR,
+        r"can't open file '[^']*run\.py': \[Errno \d+\]",
+        "seen: cpu_fail_no_checkout_run_py (python itself, before MimicKit)",
+        needles=("can't open file ",),
+        remedy="Not retried: there is no MimicKit checkout (mimickit/run.py) where the job runs; check "
+        "`mimickit_dir` in the job and the daemon config and run `mkd doctor`, then submit the job again.",
     ),
     _sig(
         _F.CONFIG_ERROR,
@@ -252,11 +473,25 @@ SIGNATURES: tuple[Signature, ...] = (
         "seen: §6.1 SIGINT at default disposition",
         needles=("keyboardinterrupt",),
     ),
+    # -- a rank whose root (the TCPStore's host) or peer died: NCCL's heartbeat warns every second and
+    #    the rank lives on at 100 % GPU (§6.1 GPU SIGKILL, §6.3 SIGTERM to the root); gloo raises (§6.1).
     _sig(
-        _F.KILLED,
-        r"TCPStore server has shut down too early|Connection closed by peer",
-        "seen: §6.1 orphan rank",
-        needles=("tcpstore server has shut down too early", "connection closed by peer"),
+        _F.PEER_LOST,
+        r"TCPStore server has shut down too early",
+        _PEER_LOST_SOURCE + ", gpu_h100_2gpu_kill9_root",
+        needles=("tcpstore server has shut down too early",),
+    ),
+    _sig(
+        _F.PEER_LOST,
+        r"(?:sendBytes|recvValue) failed on SocketImpl\(.*(?:Broken pipe|Connection was likely closed)",
+        _PEER_LOST_SOURCE + ", gpu_h100_2gpu_kill9_root",
+        needles=("failed on socketimpl(",),
+    ),
+    _sig(
+        _F.PEER_LOST,
+        r"Connection closed by peer|Connection reset by peer",
+        "seen: §6.1 gloo, cpu_2proc_sigTERM_root_only, cpu_2proc_fail_rank1_sigkill",
+        needles=("connection closed by peer", "connection reset by peer"),
     ),
     # -- a multi-process root's own traceback: it then hangs joining its children (§6.1 SIGINT to root).
     _sig(
@@ -268,7 +503,8 @@ SIGNATURES: tuple[Signature, ...] = (
     ),
 )
 
-# When several classes match, the first one here names the cause (most specific first).
+# When several classes match, the first one here names the cause (most specific first). A lost
+# peer comes last: it is what the other ranks print after the real cause killed one of them.
 CAUSE_ORDER: tuple[FailureClass, ...] = (
     _F.NCCL_ABORT_HANG,
     _F.ENV_MISMATCH,
@@ -278,35 +514,50 @@ CAUSE_ORDER: tuple[FailureClass, ...] = (
     _F.CUDA_OOM,
     _F.STARTUP_MULTI_DEVICE,
     _F.NAN_DIVERGENCE,
+    _F.PEER_LOST,
 )
 
+# One sentence per class: what mkd's default policy (mkd.policy.DEFAULT_STEPS, retry.max_attempts 4,
+# retry.max_no_progress 3) does about it, then what a person can do. tests/test_classify.py checks
+# each text against the policy's row, so a text cannot promise a retry that never comes.
+_AGAIN = "up to 4 attempts in all (retry.max_attempts), fewer when 3 in a row make no progress (retry.max_no_progress)"
 REMEDIES: dict[FailureClass, str] = {
-    _F.STARTUP_MULTI_DEVICE: "Kill the process group, apply the NCCL profile and walk the num_envs probe ladder "
-    "down; if every scale fails, fall back to a single device (runbook class A).",
-    _F.WARMUP_OUTPUTS_MISSING: "Check the console tail and that out_dir is writable, then re-run the warm-up "
-    "with a lower num_envs (runbook class B).",
-    _F.LONG_RUN_EXITED: "Re-run the long run from the same configs with one change: a lower num_envs or fewer "
-    "devices (runbook class C).",
-    _F.NCCL_ABORT_HANG: "Kill the process group without waiting for it to exit, mark this scale failed and go "
-    "on to the next probe scale (runbook class D).",
-    _F.CUDA_OOM: "Lower num_envs, after checking that no other process holds memory on that GPU.",
-    _F.PORT_IN_USE: "Kill the process group and restart with another free --master_port.",
-    _F.VISUALIZE_GL: "Retry with MESA_GL_VERSION_OVERRIDE=3.3 and MESA_GLSL_VERSION_OVERRIDE=330, or run "
-    "headless with --visualize false.",
-    _F.NAN_DIVERGENCE: "Stop the run: it diverged and will not recover; retry with more envs or a lower learning rate.",
-    _F.ENV_MISMATCH: "Fix the Python environment (newton 1.0.0 with warp-lang 1.12.1, a CUDA build of torch); "
-    "retrying as is cannot help.",
-    _F.CONFIG_ERROR: "Fix the job's arguments or config files; retrying as is cannot help.",
-    _F.STALL: "Kill the process group and retry; no new iteration came within the stall timeout.",
-    _F.TIMEOUT: "Kill the process group; the stage ran past its time limit.",
-    _F.CANCELLED: "Nothing to do: the attempt was cancelled on request.",
-    _F.KILLED: "Retry; something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg.",
-    _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error.",
-    _F.LOST: "Retry; the shim died without recording how the run ended (mkd killed what was left of its group).",
-    _F.UNKNOWN: "Read the evidence; retry once before treating it as permanent.",
+    _F.STARTUP_MULTI_DEVICE: "mkd kills the process group and retries with one change each time: the NCCL preset, "
+    "then a lower num_envs down the ladder, then a single device (runbook class A).",
+    _F.WARMUP_OUTPUTS_MISSING: "mkd re-runs the warm-up with a lower num_envs (runbook class B); check the console "
+    "tail and that out_dir is writable.",
+    _F.LONG_RUN_EXITED: "mkd resumes the long run from its last model.pt with one change: a lower num_envs, then a "
+    "single device (runbook class C).",
+    _F.NCCL_ABORT_HANG: "mkd kills the process group without waiting for it to exit and retries at the next lower "
+    "num_envs of the ladder, then on a single device (runbook class D).",
+    _F.CUDA_OOM: "mkd retries with a lower num_envs, then on a single device; when other processes hold memory on "
+    "that GPU it retries unchanged when that memory is free.",
+    _F.PORT_IN_USE: "mkd kills the process group and runs it again on a new free master_port, " + _AGAIN + ".",
+    _F.VISUALIZE_GL: "mkd retries once with MESA_GL_VERSION_OVERRIDE=3.3 and MESA_GLSL_VERSION_OVERRIDE=330; "
+    "if that fails too, run headless with --visualize false.",
+    _F.NAN_DIVERGENCE: "Not retried: the run diverged to NaN and will not recover; give it more envs or a lower "
+    "learning rate, then submit the job again.",
+    _F.ENV_MISMATCH: "Not retried: fix the Python environment (newton 1.0.0 with warp-lang 1.12.1, a CUDA build "
+    "of torch), then submit the job again.",
+    _F.CONFIG_ERROR: "Not retried: fix the job's arguments or config files, then submit the job again.",
+    _F.STALL: "mkd killed the process group (no new iteration within the stall or start-up timeout) and runs it "
+    "again unchanged, " + _AGAIN + ".",
+    _F.TIMEOUT: "mkd killed the process group (the stage ran past its time limit) and runs it again unchanged, "
+    + _AGAIN
+    + ".",
+    _F.CANCELLED: "Not retried: the attempt was cancelled on request.",
+    _F.KILLED: "Something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg; mkd runs it "
+    "again unchanged, " + _AGAIN + ".",
+    _F.PEER_LOST: "A rank lost its root or a peer (the TCPStore host died) and would linger at 100 % GPU: mkd kills "
+    "the whole process group and runs it again unchanged, " + _AGAIN + ".",
+    _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error, "
+    "report it.",
+    _F.LOST: "The shim died without recording how the run ended (mkd killed what was left of its group); mkd "
+    "runs it again unchanged, " + _AGAIN + ".",
+    _F.UNKNOWN: "No known signature: read the evidence; mkd runs it again unchanged, " + _AGAIN + ".",
 }
 
-PERMANENT: frozenset[FailureClass] = frozenset({_F.CONFIG_ERROR, _F.ENV_MISMATCH, _F.CANCELLED})
+PERMANENT: frozenset[FailureClass] = frozenset({_F.CONFIG_ERROR, _F.ENV_MISMATCH, _F.CANCELLED, _F.NAN_DIVERGENCE})
 STAGE_KINDS: tuple[str, ...] = ("train", "warmup", "long_run", "test", "visualize", "probe")
 _TRAINING_STAGES = frozenset({"train", "warmup", "long_run", "probe"})
 _STOP_REASONS = frozenset({_F.STALL, _F.TIMEOUT, _F.CANCELLED})
@@ -390,6 +641,9 @@ def classify(
         if cause is not None and cause.failure is _F.NAN_DIVERGENCE:
             return cause
         return _clean_exit(lines, stage_kind, outputs_missing)
+    if cause is not None and cause.failure is _F.PEER_LOST and not _root_lost_a_peer(cause):
+        # only the other ranks lost their peer: the root ended first, and how it ended is the cause
+        cause = None
     if cause is not None:
         return cause
     if state == "signal" or code == _TIMEOUT_RC:
@@ -401,6 +655,13 @@ def classify(
     return _make(_F.UNKNOWN, _tail(lines, 20))
 
 
+def _root_lost_a_peer(found: Classification) -> bool:
+    """Whether the root itself printed a lost-peer error (torch prefixes rank 0's lines once the
+    group exists, §2); the other ranks' lines ("[rank1]:", or a spawn child's bare traceback) only
+    say that the root was gone first."""
+    return any(line.startswith("[rank0]:") for line in found.evidence)
+
+
 def _ended_by_signal(
     lines: list[str], hits: list[_Hit], stop_reason: FailureClass | None, signum: int | None
 ) -> Classification:
@@ -408,7 +669,7 @@ def _ended_by_signal(
         return _make(stop_reason, _tail(lines, 5))
     if signum is None:  # exit status 124: the `timeout` wrapper of a runbook command
         return _make(_F.TIMEOUT, _tail(lines, 5))
-    killed = [hit.line for hit in hits if hit.signature.failure is _F.KILLED]
+    killed = [hit.line for hit in hits if hit.signature.failure in (_F.KILLED, _F.PEER_LOST)]
     return _make(_F.KILLED, killed or _tail(lines, 5))
 
 
@@ -479,7 +740,8 @@ def _cause(hits: list[_Hit], *, multi_device: bool, startup_end: int) -> Classif
         if failure is _F.CUDA_OOM and (multi_device or children) and found[0].index < startup_end:
             return _make(_F.STARTUP_MULTI_DEVICE, [hit.line for hit in sorted(children + found, key=_index)])
         permanent = any(hit.signature.permanent for hit in found) or None
-        return _make(failure, [hit.line for hit in found], permanent)
+        remedy = next((hit.signature.remedy for hit in found if hit.signature.remedy), None)
+        return _make(failure, [hit.line for hit in found], permanent, remedy)
     return None
 
 
@@ -487,14 +749,16 @@ def _index(hit: _Hit) -> int:
     return hit.index
 
 
-def _make(failure: FailureClass, lines: Sequence[str], permanent: bool | None = None) -> Classification:
+def _make(
+    failure: FailureClass, lines: Sequence[str], permanent: bool | None = None, remedy: str | None = None
+) -> Classification:
     """Evidence keeps each distinct line once, in log order: at most 8 matched lines, or a whole tail."""
     distinct = tuple(dict.fromkeys(line for line in lines if line.strip()))
     evidence = distinct if failure in _TAIL_EVIDENCE else distinct[:_MAX_EVIDENCE]
     return Classification(
         failure=failure,
         evidence=evidence,
-        remedy=REMEDIES[failure],
+        remedy=remedy or REMEDIES[failure],
         permanent=failure in PERMANENT if permanent is None else permanent,
     )
 

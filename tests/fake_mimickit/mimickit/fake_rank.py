@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import fake_configs as configs
 import fake_texts as texts
 from fake_args import ArgTable
 from fake_faults import Faults
@@ -95,6 +96,7 @@ def _init_process_group(ctx: Rank) -> None:
     """Rank 0 hosts the store on master_port; the rank a fault picks may fail NCCL's init."""
     if ctx.procs == 1:
         return
+    configs.check_mp_device(ctx.device)
     if ctx.rank == 0:
         if ctx.faults.has("port_in_use"):
             raise texts.DistNetworkError(texts.port_in_use(ctx.master_port))
@@ -118,11 +120,14 @@ def _rank0_excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any
 
 def _build_env(ctx: Rank, num_envs: int, visualize: bool) -> None:
     args, faults, root = ctx.args, ctx.faults, ctx.rank == 0
+    env_config = configs.load_config(args.parse_str("env_config", ""))
+    engine_config = configs.load_config(args.parse_str("engine_config", ""))
+    env_name = configs.check_env(env_config)
+    assert env_config is not None
     if root:
-        print("Building deepmimic env")
+        print(f"Building {env_name} env")
+    configs.check_engine(engine_config)
     print(texts.warp_banner(ctx.devices))
-    env_config = _read_yaml(args.parse_str("env_config", ""))
-    _read_yaml(args.parse_str("engine_config", ""))
     if root:
         _progress("envs", num_envs)
         print()
@@ -165,14 +170,14 @@ def _open_viewer(faults: Faults) -> None:
 
 def _build_agent(ctx: Rank) -> dict[str, str]:
     path = ctx.args.parse_str("agent_config", "")
-    agent = _read_yaml(path) if path else {"agent_name": "Dummy"}
-    name = agent.get("agent_name", "")
+    config = configs.load_config(path)
+    name = configs.agent_name(config, path)
+    agent = config or {"agent_name": "Dummy"}
     if ctx.rank == 0:
         print(f"Building {name} agent")
-    if name not in ("PPO", "Dummy"):
-        raise AssertionError(f"Unsupported agent: {name}")
     if name == "PPO" and "discount" not in agent:
         raise KeyError("discount")
+    configs.check_agent_model(agent)
     if ctx.rank == 0:
         print("Total parameter count: 2016797")
     return agent
@@ -196,6 +201,7 @@ def _wait_for_root(ctx: Rank) -> None:
         return
     if not ctx.faults.has("linger"):
         raise RuntimeError(texts.GLOO_PEER_CLOSED)
+    print(texts.orphan_first_warning(ctx.rank, ctx.master_port), file=sys.stderr, flush=True)
     while True:
         print(texts.orphan_warnings(ctx.rank, ctx.master_port), file=sys.stderr, flush=True)
         time.sleep(1.0)
@@ -285,15 +291,3 @@ def _test(ctx: Rank, num_envs: int, seed: int) -> None:
     print(f"Mean Return: {row['Test_Return']}")
     print(f"Mean Episode Length: {row['Test_Episode_Length']}")
     print(f"Episodes: {_eval_episodes(test_episodes, num_envs, ctx.procs) // ctx.procs}")
-
-
-def _read_yaml(path: str) -> dict[str, str]:
-    """Top-level `key: value` pairs only; enough for the keys the fake needs. Missing file: FileNotFoundError."""
-    with open(path) as handle:
-        text = handle.read()
-    pairs: dict[str, str] = {}
-    for line in text.splitlines():
-        if line and not line[0].isspace() and ":" in line and not line.startswith("#"):
-            key, _, value = line.partition(":")
-            pairs[key.strip()] = value.split("#", 1)[0].strip().strip('"')
-    return pairs

@@ -131,6 +131,15 @@ GLOO_PEER_CLOSED = (
 )
 
 
+def orphan_first_warning(rank: int, port: int) -> str:
+    """Seen: §6.3 (SIGTERM to the root only), a GPU rank's first line once its root is gone (frames left out)."""
+    return (
+        f"[rank{rank}]:[W{_stamp()} TCPStore.cpp:125] [c10d] recvValue failed on SocketImpl(fd=7, "
+        f"addr=[localhost]:55150, remote=[localhost]:{port}): Failed to recv, got 0 bytes. Connection was likely "
+        "closed. Did the remote server shutdown or crash?"
+    )
+
+
 def orphan_warnings(rank: int, port: int) -> str:
     """Seen: §6.1 / §6.3, printed every second by a GPU rank whose root is gone (frames left out)."""
     return (
