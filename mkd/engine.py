@@ -187,24 +187,7 @@ class Engine:
         return len(found)
 
     def run_processes(self, attempt_dir: Path) -> list[ProcStat]:
-        """The live processes of an attempt's run (never its shim), by its cgroup and the /proc walk."""
-        child = self.child(attempt_dir)
-        if child is None:
-            return []
-        shim = read_json(attempt_dir / "shim.json")
-        shim_pid = int(shim["pid"]) if isinstance(shim, dict) and shim.get("pid") else 0
-        shim_ticks = shim.get("start_ticks") if isinstance(shim, dict) else None
-        seeds = [(child.pid, child.start_ticks)]
-        if shim_pid:
-            seeds.append((shim_pid, shim_ticks))
-        since = shim_ticks if isinstance(shim_ticks, int) else child.start_ticks
-        found = {
-            s.pid: s
-            for s in run_members(seeds, groups=[child.pgid], since_ticks=since, run_id=child.run_id, exclude=[shim_pid])
-        }
-        if child.cgroup:
-            found.update({s.pid: s for s in cgroup.members(child.cgroup) if s.pid != shim_pid})
-        return sorted(found.values(), key=lambda s: s.pid)
+        return run_processes(attempt_dir)
 
     def close(self) -> None:
         """Forget the shims; they and their runs keep going without the daemon."""
@@ -225,6 +208,28 @@ def child_info(attempt_dir: Path) -> ChildInfo | None:
         cgroup=data.get("cgroup") or None,
         run_id=data.get("run_id") or None,
     )
+
+
+def run_processes(attempt_dir: Path) -> list[ProcStat]:
+    """The live processes of an attempt's run (never its shim): its cgroup's, and what the /proc
+    walk finds from the shim and the root recorded in shim.json and child.json."""
+    child = child_info(attempt_dir)
+    if child is None:
+        return []
+    shim = read_json(attempt_dir / "shim.json")
+    shim_pid = int(shim["pid"]) if isinstance(shim, dict) and shim.get("pid") else 0
+    shim_ticks = shim.get("start_ticks") if isinstance(shim, dict) else None
+    seeds = [(child.pid, child.start_ticks)]
+    if shim_pid:
+        seeds.append((shim_pid, shim_ticks))
+    since = shim_ticks if isinstance(shim_ticks, int) else child.start_ticks
+    found = {
+        s.pid: s
+        for s in run_members(seeds, groups=[child.pgid], since_ticks=since, run_id=child.run_id, exclude=[shim_pid])
+    }
+    if child.cgroup:
+        found.update({s.pid: s for s in cgroup.members(child.cgroup) if s.pid != shim_pid})
+    return sorted(found.values(), key=lambda s: s.pid)
 
 
 def shim_argv(python: str, attempt_dir: Path) -> list[str]:

@@ -22,6 +22,7 @@ import pytest
 
 from mkd import cgroup
 from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
+from mkd.postmortem import process_table
 from mkd.procs import ProcStat, read_stat, run_members
 from tests.escaping_tree import EXPECTED
 from tests.harness import Home, wait_for
@@ -111,6 +112,19 @@ def test_stop_kills_every_escapee(engine: Engine, tmp_path: Path, token: str, pi
     assert record.stop_requested
     assert record.signal == (signal.SIGKILL if stubborn else signal.SIGTERM)
     assert containment_of(attempt) == (engine.containment, engine.containment)
+
+
+def test_the_post_mortem_table_lists_the_escapees(engine: Engine, tmp_path: Path, token: str, pids: Path) -> None:
+    attempt, handle = launch(engine, tmp_path, tree_argv(pids), token)
+    started(pids)
+    alive = set(survivors(pids))  # before the table: the forker's later children may be missing from it
+    table = process_table(engine.child(attempt), attempt)
+    listed = {int(line.split()[0]) for line in table.splitlines()[2:]}
+    assert alive <= listed
+    assert handle.pid not in listed and "kworker/u8:2" in table
+    assert table.startswith(f"# containment: {engine.containment}")
+    engine.stop(handle, attempt)
+    finish(engine, attempt, handle)
 
 
 def test_the_roots_death_takes_every_escapee_with_it(engine: Engine, tmp_path: Path, token: str, pids: Path) -> None:
