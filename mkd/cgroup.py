@@ -161,13 +161,14 @@ def kill(path: str) -> bool:
 
 
 def remove(path: str) -> bool:
-    """rmdir the (empty) cgroup; False while a process is still in it."""
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
+    """rmdir the (empty) cgroup, and first any the run made below it; False while a process is in one."""
+    for folder, _dirs, _files in os.walk(path, topdown=False):
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
     return True
 
 

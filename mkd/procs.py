@@ -38,22 +38,30 @@ class ProcStat:
 
 
 def read_stat(pid: int) -> ProcStat | None:
+    # os.open/os.read, not open(): every stop scans all of /proc, and this halves a scan
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read().decode("utf-8", "replace")
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
         return None
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # comm is in parentheses and may itself contain spaces or parentheses
-    left, right = raw.find("("), raw.rfind(")")
+    left, right = raw.find(b"("), raw.rfind(b")")
     fields = raw[right + 2 :].split()
+    if len(fields) < 20:
+        return None
     return ProcStat(
         pid=pid,
-        state=fields[0],
+        state=fields[0].decode("ascii", "replace"),
         ppid=int(fields[1]),
         pgid=int(fields[2]),
         sid=int(fields[3]),
         start_ticks=int(fields[19]),
-        comm=raw[left + 1 : right],
+        comm=raw[left + 1 : right].decode("utf-8", "replace"),
     )
 
 

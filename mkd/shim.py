@@ -160,6 +160,7 @@ class Shim:
         self.root_status: int | None = None
         self.root_exit_at: float | None = None
         self.lingering = 0
+        self.stuck_in_cgroup = False
 
     def _on_stop(self, signum: int, frame: object) -> None:
         if self.stop_requested_at is None:
@@ -189,7 +190,8 @@ class Shim:
             self._leave_cgroup(cgroup, remove=True)
             self._write("exit.json", {"spawn_error": str(error), "ended_at": time.time()})
             return 0
-        self._leave_cgroup(cgroup, remove=False)
+        if not self._leave_cgroup(cgroup, remove=False):
+            self.stuck_in_cgroup = True  # then never cgroup.kill: it would kill the shim too
         record = {
             "pid": pid,
             "pgid": pid,
@@ -220,15 +222,15 @@ class Shim:
             return None
         return str(path)
 
-    def _leave_cgroup(self, cgroup: str | None, *, remove: bool) -> None:
+    def _leave_cgroup(self, cgroup: str | None, *, remove: bool) -> bool:
         """Back to the cgroup the shim came from: the run alone stays in its own."""
         if cgroup is None:
-            return
-        home = self.launch.get("cgroup_home") or os.path.dirname(cgroup)
-        _enter_cgroup(home)
+            return True
+        left = _enter_cgroup(self.launch.get("cgroup_home") or os.path.dirname(cgroup))
         if remove:
             with contextlib.suppress(OSError):
                 os.rmdir(cgroup)
+        return left
 
     def _supervise(self, pid: int, console: str, cgroup: str | None) -> None:
         from mkd import cgroup as cgroups  # after child.json: see the module docstring
@@ -239,16 +241,16 @@ class Shim:
         def members() -> list[ProcStat]:
             stats = all_stats()
             below = descendants(me, stats) - {me}
-            inside = set(cgroups.procs(cgroup)) if cgroup else set()
+            inside = set(cgroups.procs(cgroup)) - {me} if cgroup else set()
             return [s for s in stats if (s.pid in below or s.pid in inside) and s.state != "Z"]
 
         def quiet(children_left: bool) -> bool:
             """No process of the run is left: the shim has no child (every orphan becomes one) and
             the cgroup is empty."""
-            return not children_left and not (cgroup and cgroups.procs(cgroup))
+            return not children_left and not (cgroup and set(cgroups.procs(cgroup)) - {me})
 
         def kill_all() -> None:
-            if cgroup:
+            if cgroup and not self.stuck_in_cgroup:
                 cgroups.kill(cgroup)
             kill_until_gone(members, timeout=0.2)  # forks racing the kill: again at the next poll
 
@@ -281,7 +283,7 @@ class Shim:
                 rotate(console, max_bytes, backups)
                 next_rotate = now + 1.0
             time.sleep(POLL_SECONDS)
-        if cgroup:
+        if cgroup and not self.stuck_in_cgroup:
             cgroups.remove(cgroup)
         self._write_exit("cgroup" if cgroup else "proc")
 
