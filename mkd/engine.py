@@ -30,9 +30,11 @@ from mkd.procs import (
     run_members,
     signal_process,
     start_ticks,
-    terminate,
+    terminate_all,
 )
 from mkd.sdnotify import without_notify_vars
+
+KILL_ROUNDS_SECONDS = 2.0  # the daemon's own SIGKILL rounds for a lost shim's run (a D-state process waits)
 
 # The folder that holds the mkd package the daemon runs: the shim imports mkd from it.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +171,7 @@ class Engine:
         if now_kill:
             self.kill_orphaned_group(attempt_dir)
         else:
-            terminate(self.run_processes(attempt_dir))
+            terminate_all(lambda: self.run_processes(attempt_dir))
 
     def kill_orphaned_group(self, attempt_dir: Path) -> int:
         """After a shim was lost: SIGKILL every process left of its run (its cgroup, and what the
@@ -181,7 +183,7 @@ class Engine:
         found = {s.identity for s in self.run_processes(attempt_dir)}
         if child.cgroup:
             cgroup.kill(child.cgroup)
-        found |= kill_until_gone(lambda: self.run_processes(attempt_dir))
+        found |= kill_until_gone(lambda: self.run_processes(attempt_dir), timeout=KILL_ROUNDS_SECONDS)
         if child.cgroup:
             cgroup.remove(child.cgroup)
         return len(found)

@@ -231,6 +231,22 @@ def terminate(members: Iterable[ProcStat]) -> int:
     return sent
 
 
+def terminate_all(find: Callable[[], list[ProcStat]], timeout: float = 0.5) -> int:
+    """`terminate` every process `find` names, and again those that appear meanwhile (a forker's
+    children born after the first scan), until a scan finds none new or `timeout`; returns how many."""
+    termed: set[tuple[int, int]] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = [s for s in find() if s.identity not in termed]
+        if not fresh:
+            return len(termed)
+        terminate(fresh)
+        termed.update(s.identity for s in fresh)
+        if time.monotonic() > deadline:
+            return len(termed)
+        time.sleep(0.02)
+
+
 def kill_until_gone(find: Callable[[], list[ProcStat]], timeout: float = 5.0) -> set[tuple[int, int]]:
     """SIGKILL every process `find` names, again and again until it names none (a process
     that forks while it is killed leaves children that the next round finds), or `timeout`;

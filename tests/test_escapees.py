@@ -169,6 +169,20 @@ def test_a_lost_shims_run_is_killed_whole_by_the_daemon_path(
         assert not os.path.exists(child.cgroup), "the run's cgroup is removed"
 
 
+def test_stop_with_the_shim_gone_signals_every_process_of_the_run(
+    engine: Engine, tmp_path: Path, token: str, pids: Path
+) -> None:
+    attempt, handle = launch(engine, tmp_path, tree_argv(pids), token)
+    started(pids)
+    os.kill(handle.pid, signal.SIGKILL)
+    wait_for(lambda: not engine.shim_alive(handle), 10, "the shim to be gone")
+    engine.stop(handle, attempt)  # SIGTERM, from the daemon itself: the tree does not ignore it
+    try:
+        wait_for(lambda: survivors(pids) == [], 10, "every process of the run to act on its SIGTERM")
+    except AssertionError:
+        raise AssertionError([read_stat(p) for p in survivors(pids)]) from None
+
+
 @pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
 def test_cgroup_holds_the_run_and_not_its_shim(tmp_path: Path, token: str, pids: Path) -> None:
     engine = Engine(containment="cgroup")
