@@ -1,7 +1,7 @@
 """An attempt's own cgroup v2: where mkd may make one, and how to end everything in it.
 
 A process group or a session is left with one call (setsid, setpgid, a double fork); a
-cgroup is not, short of privileges. So where mkd may create cgroups (cgroup v2 delegated to
+cgroup only by writing oneself into another cgroup on purpose. So where mkd may create cgroups (cgroup v2 delegated to
 its systemd unit with Delegate=yes, or any writable cgroup v2 tree the daemon runs in),
 each attempt's run starts in a cgroup of its own, `mkd-run-RUNID` beside the daemon, and
 a kill is `cgroup.kill` (every process in it, forks racing the kill included), as systemd

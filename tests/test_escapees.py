@@ -200,6 +200,37 @@ def test_cgroup_holds_the_run_and_not_its_shim(tmp_path: Path, token: str, pids:
     engine.close()
 
 
+HOP = """
+import os, sys, time
+folder, home = sys.argv[1], sys.argv[2]
+os.makedirs(folder, exist_ok=True)
+if os.fork() == 0:
+    os.setsid()
+    with open(os.path.join(home, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))  # out of the run's cgroup, on purpose (as root may)
+    raw = open("/proc/self/stat", "rb").read()
+    open(os.path.join(folder, str(os.getpid())), "w").write(raw[raw.rfind(b")") + 2 :].split()[19].decode())
+    time.sleep(600)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
+def test_a_process_that_leaves_the_cgroup_still_dies_as_the_shims_descendant(
+    tmp_path: Path, token: str, pids: Path
+) -> None:
+    engine = Engine(containment="cgroup")
+    assert engine.where.parent
+    attempt, handle = launch(engine, tmp_path, [sys.executable, "-c", HOP, str(pids), engine.where.parent], token)
+    (hopper,) = wait_for(lambda: recorded(pids), 20, "the hopper")
+    child = engine.child(attempt)
+    assert child is not None and child.cgroup and hopper not in cgroup.procs(child.cgroup)
+    engine.stop(handle, attempt)
+    finish(engine, attempt, handle)
+    assert survivors(pids) == []
+    engine.close()
+
+
 # --- the /proc walk as a table ------------------------------------------------------------
 
 
