@@ -4,6 +4,11 @@ The daemon keeps the Popen of each shim it started only to reap it; everything n
 find a run again after a restart (shim pid and start time, the child's process group) is
 in the store and in the attempt's folder, so a new daemon re-adopts a run without
 starting a second copy.
+
+Containment: where mkd.cgroup finds a cgroup v2 tree it may write, each run gets a cgroup
+of its own (launch.json names it, the shim makes it); else the run is found by walking
+/proc (mkd.procs.run_members). Which one an attempt got is in its child.json and exit.json
+("containment"). The daemon's own kill paths, for a run whose shim is gone, use both.
 """
 
 from __future__ import annotations
@@ -15,10 +20,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkd import cgroup
 from mkd.exits import ExitRecord, read_exit
 from mkd.fsutil import atomic_write_json, read_json
-from mkd.procs import group_members, is_same_process, signal_group, signal_process, start_ticks
+from mkd.procs import (
+    ProcStat,
+    is_same_process,
+    kill_until_gone,
+    run_members,
+    signal_process,
+    start_ticks,
+    terminate_all,
+)
 from mkd.sdnotify import without_notify_vars
+
+KILL_ROUNDS_SECONDS = 2.0  # the daemon's own SIGKILL rounds for a lost shim's run (a D-state process waits)
 
 # The folder that holds the mkd package the daemon runs: the shim imports mkd from it.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,20 +62,36 @@ class ChildInfo:
     pid: int
     pgid: int
     start_ticks: int | None
+    containment: str = "proc"  # "cgroup": the run has a cgroup of its own; "proc": found by walking /proc
+    cgroup: str | None = None
+    run_id: str | None = None  # MKD_RUN_ID in the run's environment
 
 
 class Engine:
     """Runs attempts; knows nothing about jobs, retries or MimicKit."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, containment: str | None = None) -> None:
+        """containment: "auto" (a cgroup where one can be made), "cgroup" (the same, without
+        asking systemd's delegation mark), "proc" (never a cgroup); default: $MKD_CONTAINMENT or auto."""
         self.python = python
         self._children: set[int] = set()
+        self.where = cgroup.locate(containment or cgroup.mode_from_env(dict(os.environ)))
+
+    @property
+    def containment(self) -> str:
+        """What new attempts get: "cgroup" or "proc" (the shim falls back to proc if it cannot)."""
+        return "cgroup" if self.where.parent else "proc"
 
     def launch(self, attempt_dir: Path, spec: LaunchSpec) -> ShimHandle:
         attempt_dir.mkdir(parents=True, exist_ok=True)
+        run_id = os.urandom(8).hex()
+        parent = self.where.parent
         atomic_write_json(
             attempt_dir / "launch.json",
             {
+                "run_id": run_id,
+                "cgroup": os.path.join(parent, cgroup.PREFIX + run_id) if parent else None,
+                "cgroup_home": parent,
                 "argv": spec.argv,
                 "env": spec.env,
                 "cwd": spec.cwd,
@@ -119,25 +151,35 @@ class Engine:
         return child_info(attempt_dir)
 
     def stop(self, handle: ShimHandle, attempt_dir: Path, *, now_kill: bool = False) -> None:
-        """Ask the shim to stop the run (SIGTERM, SIGKILL after the grace); a second call kills."""
+        """Ask the shim to stop the run (SIGTERM, SIGKILL after the grace); a second call kills.
+        With the shim gone, the daemon signals every process of the run itself."""
         if self.shim_alive(handle):
             signal_process(handle.pid, signal.SIGTERM)
             if now_kill:
                 signal_process(handle.pid, signal.SIGTERM)
             return
-        child = self.child(attempt_dir)
-        if child is not None:
-            signal_group(child.pgid, signal.SIGKILL if now_kill else signal.SIGTERM)
+        if now_kill:
+            self.kill_orphaned_group(attempt_dir)
+        else:
+            terminate_all(lambda: self.run_processes(attempt_dir))
 
     def kill_orphaned_group(self, attempt_dir: Path) -> int:
-        """After a shim was lost: kill what is left of its child's group; returns how many."""
+        """After a shim was lost: SIGKILL every process left of its run (its cgroup, and what the
+        /proc walk finds: below the root, its group, the sessions and groups they lead, MKD_RUN_ID);
+        returns how many."""
         child = self.child(attempt_dir)
         if child is None:
             return 0
-        members = group_members(child.pgid)
-        if members:
-            signal_group(child.pgid, signal.SIGKILL)
-        return len(members)
+        found = {s.identity for s in self.run_processes(attempt_dir)}
+        if child.cgroup:
+            cgroup.kill(child.cgroup)
+        found |= kill_until_gone(lambda: self.run_processes(attempt_dir), timeout=KILL_ROUNDS_SECONDS)
+        if child.cgroup:
+            cgroup.remove(child.cgroup)
+        return len(found)
+
+    def run_processes(self, attempt_dir: Path) -> list[ProcStat]:
+        return run_processes(attempt_dir)
 
     def close(self) -> None:
         """Forget the shims; they and their runs keep going without the daemon."""
@@ -150,7 +192,36 @@ def child_info(attempt_dir: Path) -> ChildInfo | None:
     data = read_json(attempt_dir / "child.json")
     if not isinstance(data, dict):
         return None
-    return ChildInfo(int(data["pid"]), int(data["pgid"]), data.get("start_ticks"))
+    return ChildInfo(
+        int(data["pid"]),
+        int(data["pgid"]),
+        data.get("start_ticks"),
+        containment=str(data.get("containment") or "proc"),
+        cgroup=data.get("cgroup") or None,
+        run_id=data.get("run_id") or None,
+    )
+
+
+def run_processes(attempt_dir: Path) -> list[ProcStat]:
+    """The live processes of an attempt's run (never its shim): its cgroup's, and what the /proc
+    walk finds from the shim and the root recorded in shim.json and child.json."""
+    child = child_info(attempt_dir)
+    if child is None:
+        return []
+    shim = read_json(attempt_dir / "shim.json")
+    shim_pid = int(shim["pid"]) if isinstance(shim, dict) and shim.get("pid") else 0
+    shim_ticks = shim.get("start_ticks") if isinstance(shim, dict) else None
+    seeds = [(child.pid, child.start_ticks)]
+    if shim_pid:
+        seeds.append((shim_pid, shim_ticks))
+    since = shim_ticks if isinstance(shim_ticks, int) else child.start_ticks
+    found = {
+        s.pid: s
+        for s in run_members(seeds, groups=[child.pgid], since_ticks=since, run_id=child.run_id, exclude=[shim_pid])
+    }
+    if child.cgroup:
+        found.update({s.pid: s for s in cgroup.members(child.cgroup) if s.pid != shim_pid})
+    return sorted(found.values(), key=lambda s: s.pid)
 
 
 def shim_argv(python: str, attempt_dir: Path) -> list[str]:

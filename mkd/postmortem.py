@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mkd.engine import ChildInfo
+from mkd.engine import ChildInfo, run_processes
 from mkd.fsutil import atomic_write, read_tail
 from mkd.gpus import GpuReading, format_gpus_table
-from mkd.procs import all_stats, descendants
 
 TAIL_LINES = 200
 
@@ -25,14 +24,13 @@ def log_tail(console: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.replace("\r", "\n").splitlines()[-lines:]) + "\n"
 
 
-def process_table(child: ChildInfo | None) -> str:
+def process_table(child: ChildInfo | None, attempt_dir: Path) -> str:
+    """Every process of the run, escapees in other groups and sessions included (mkd.engine.run_processes)."""
     if child is None:
         return "(the run never started)\n"
-    stats = all_stats()
-    tree = descendants(child.pid, stats)
-    rows = [s for s in stats if s.pgid == child.pgid or s.pid in tree]
-    lines = [f"{'PID':>8} {'PPID':>8} {'PGID':>8} S COMMAND"]
-    lines += [f"{s.pid:>8} {s.ppid:>8} {s.pgid:>8} {s.state} {s.comm}" for s in sorted(rows, key=lambda s: s.pid)]
+    lines = [f"# containment: {child.containment}" + (f" ({child.cgroup})" if child.cgroup else "")]
+    lines += [f"{'PID':>8} {'PPID':>8} {'PGID':>8} {'SID':>8} S COMMAND"]
+    lines += [f"{s.pid:>8} {s.ppid:>8} {s.pgid:>8} {s.sid:>8} {s.state} {s.comm}" for s in run_processes(attempt_dir)]
     return "\n".join(lines) + "\n"
 
 
@@ -47,6 +45,6 @@ def write_bundle(attempt_dir: Path, console: Path, reading: GpuReading, child: C
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "log_tail.txt", log_tail(console))
     atomic_write(folder / "gpus.txt", gpu_snapshot(reading))
-    atomic_write(folder / "processes.txt", process_table(child))
+    atomic_write(folder / "processes.txt", process_table(child, attempt_dir))
     atomic_write(folder / "taken_at.txt", time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
     return folder

@@ -4,10 +4,17 @@ One small process per attempt, in its own session, so the run outlives mkd (as
 containerd's shim and Slurm's slurmstepd do). It starts the child in a new process
 group with SIGINT/SIGHUP/SIGQUIT at their default disposition, waits for it as its
 parent (so the real exit status is never lost), reaps orphaned workers as a child
-subreaper, kills the whole group when the root dies (MimicKit's rank 1 otherwise lives
-on at 100 % GPU), rotates the console log by size, and writes `exit.json` last.
+subreaper, kills every process of the run when the root dies (MimicKit's rank 1 otherwise
+lives on at 100 % GPU), rotates the console log by size, and writes `exit.json` last.
 
-Stop: SIGTERM to the shim -> SIGTERM to the child's group, SIGKILL after the grace.
+Every process of the run, not only the root's group: a worker that calls setsid() or setpgid(0, 0),
+or double-forks, still dies with its run. Where launch.json names a cgroup (mkd.cgroup) the
+run is born in it and killed with cgroup.kill; in every case the shim, a subreaper, is the
+parent of every orphan of the run, so the processes below it are the run's (mkd.procs).
+Stop: SIGTERM to the shim -> SIGTERM (and SIGCONT) to every process of the run, SIGKILL after
+the grace; the same, with the grace capped, when the root dies and others live on. exit.json
+is written once none is left.
+
 Files in ATTEMPT_DIR: launch.json (read), shim.json, child.json and exit.json (written atomically).
 
 Start-up is on the path from a job's drop to "running" (child.json), so until child.json
@@ -33,7 +40,10 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy tre
 if TYPE_CHECKING:
     from typing import Any
 
+    from mkd.procs import ProcStat
+
 PR_SET_CHILD_SUBREAPER = 36
+RUN_ID_VAR = "MKD_RUN_ID"  # as mkd.procs.RUN_ID_VAR (not imported yet: see the module docstring)
 POLL_SECONDS = 0.05
 ROOT_EXIT_GRACE_CAP = 10.0
 # At their default disposition in the run whatever the shim inherited: SIGPIPE and SIGXFSZ
@@ -109,6 +119,19 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str | None, console: str) -
         os.close(out)
 
 
+def _enter_cgroup(path: str) -> bool:
+    """Move the shim into the cgroup at `path` (so the run is born there); False when it cannot."""
+    try:
+        fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
 def rotate(console: str | os.PathLike[str], max_bytes: int, backups: int) -> bool:
     """Copy-truncate rotation: the child keeps its O_APPEND descriptor and writes on."""
     path = os.fspath(console)
@@ -137,6 +160,7 @@ class Shim:
         self.root_status: int | None = None
         self.root_exit_at: float | None = None
         self.lingering = 0
+        self.stuck_in_cgroup = False
 
     def _on_stop(self, signum: int, frame: object) -> None:
         if self.stop_requested_at is None:
@@ -155,62 +179,136 @@ class Shim:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop)
         console = os.path.abspath(self.launch["console"])
+        env = dict(self.launch["env"])
+        run_id = self.launch.get("run_id")
+        if run_id:
+            env[RUN_ID_VAR] = run_id
+        cgroup = self._cgroup_for_the_run()
         try:
-            pid = spawn(self.launch["argv"], self.launch["env"], self.launch.get("cwd"), console)
+            pid = spawn(self.launch["argv"], env, self.launch.get("cwd"), console)
         except OSError as error:
+            self._leave_cgroup(cgroup, remove=True)
             self._write("exit.json", {"spawn_error": str(error), "ended_at": time.time()})
             return 0
-        record = {"pid": pid, "pgid": pid, "start_ticks": _start_ticks(pid), "started_at": time.time()}
+        if not self._leave_cgroup(cgroup, remove=False):
+            self.stuck_in_cgroup = True  # then never cgroup.kill: it would kill the shim too
+        record = {
+            "pid": pid,
+            "pgid": pid,
+            "start_ticks": _start_ticks(pid),
+            "started_at": time.time(),
+            "containment": "cgroup" if cgroup else "proc",
+            "cgroup": cgroup,
+            "run_id": run_id,
+        }
         self._write("child.json", record, durable=False)
-        self._supervise(pid, console)
+        self._supervise(pid, console, cgroup)
         return 0
 
-    def _supervise(self, pid: int, console: str) -> None:
-        from mkd.procs import group_members, signal_group  # after child.json: see the module docstring
+    def _cgroup_for_the_run(self) -> str | None:
+        """Make the run's cgroup and step into it, or None (then the /proc walk alone contains the run)."""
+        path = self.launch.get("cgroup")
+        if not path:
+            return None
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+        if not _enter_cgroup(path):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            return None
+        return str(path)
+
+    def _leave_cgroup(self, cgroup: str | None, *, remove: bool) -> bool:
+        """Back to the cgroup the shim came from: the run alone stays in its own."""
+        if cgroup is None:
+            return True
+        left = _enter_cgroup(self.launch.get("cgroup_home") or os.path.dirname(cgroup))
+        if remove:
+            with contextlib.suppress(OSError):
+                os.rmdir(cgroup)
+        return left
+
+    def _supervise(self, pid: int, console: str, cgroup: str | None) -> None:
+        from mkd import cgroup as cgroups  # after child.json: see the module docstring
+        from mkd.procs import all_stats, descendants, kill_until_gone
+
+        me = os.getpid()
+
+        def members() -> list[ProcStat]:
+            stats = all_stats()
+            below = descendants(me, stats) - {me}
+            inside = set(cgroups.procs(cgroup)) - {me} if cgroup else set()
+            return [s for s in stats if (s.pid in below or s.pid in inside) and s.state != "Z"]
+
+        def quiet(children_left: bool) -> bool:
+            """No process of the run is left: the shim has no child (every orphan becomes one) and
+            the cgroup is empty."""
+            return not children_left and not (cgroup and set(cgroups.procs(cgroup)) - {me})
+
+        def kill_all() -> None:
+            if cgroup and not self.stuck_in_cgroup:
+                cgroups.kill(cgroup)
+            kill_until_gone(members, timeout=0.2)  # forks racing the kill: again at the next poll
 
         grace = float(self.launch.get("grace_seconds", 30.0))
         max_bytes = int(self.launch.get("log_max_bytes", 0))
         backups = int(self.launch.get("log_backups", 3))
-        term_sent = False
+        termed: set[tuple[int, int]] = set()
+        stopping = False
         next_rotate = 0.0
         while True:
             now = time.monotonic()
-            self._reap(pid)
-            if self.stop_requested_at is not None and not term_sent:
-                signal_group(pid, signal.SIGTERM)
-                term_sent = True
+            children_left = self._reap(pid)
+            if self.stop_requested_at is not None and not stopping:
+                stopping = True
                 self.kill_at = min(self.kill_at or now + grace, now + grace)
-            if self.root_status is not None and not term_sent:
-                members = group_members(pid)
-                if not members:
+            if self.root_status is not None and not stopping:
+                if quiet(children_left):
                     break
-                self.lingering = len(members)
-                signal_group(pid, signal.SIGTERM)
-                term_sent = True
+                stopping = True
                 self.kill_at = now + min(grace, ROOT_EXIT_GRACE_CAP)
+                self.lingering = len(members())
+            if stopping and (self.kill_at is None or now < self.kill_at):
+                self._terminate_new(members(), termed)  # a process forked since gets its SIGTERM too
             if self.kill_at is not None and now >= self.kill_at:
-                signal_group(pid, signal.SIGKILL)
-            if self.root_status is not None and term_sent and not group_members(pid):
+                kill_all()
+                children_left = self._reap(pid)
+            if self.root_status is not None and stopping and quiet(children_left):
                 break
             if now >= next_rotate:
                 rotate(console, max_bytes, backups)
                 next_rotate = now + 1.0
             time.sleep(POLL_SECONDS)
-        self._write_exit()
+        if cgroup and not self.stuck_in_cgroup:
+            cgroups.remove(cgroup)
+        self._write_exit("cgroup" if cgroup else "proc")
 
-    def _reap(self, root: int) -> None:
+    @staticmethod
+    def _terminate_new(found: list[ProcStat], termed: set[tuple[int, int]]) -> None:
+        from mkd.procs import terminate
+
+        fresh = [s for s in found if s.identity not in termed]
+        terminate(fresh)
+        termed.update(s.identity for s in fresh)
+
+    def _reap(self, root: int) -> bool:
+        """Collect every exited child (the root, and orphans reparented here); True while any is left."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return False
             if pid == 0:
-                return
+                return True
             if pid == root:
                 self.root_status = status
                 self.root_exit_at = time.time()
 
-    def _write_exit(self) -> None:
+    def _write_exit(self, containment: str) -> None:
         status = self.root_status or 0
         record = {
             "returncode": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -218,6 +316,7 @@ class Shim:
             "stop_requested": self.stop_requested_at is not None,
             "root_exit_at": self.root_exit_at,
             "lingering_workers": self.lingering,
+            "containment": containment,
             "ended_at": time.time(),
         }
         self._write("exit.json", record)
