@@ -34,7 +34,7 @@ from mkd.mirror import place_job_file
 from mkd.policy import Decision, Observation, decide
 from mkd.procs import read_stat
 from mkd.scheduler import Placement, Request, foreign_bytes, place
-from mkd.snapshot import DaemonView, JobView
+from mkd.snapshot import DaemonView, JobView, internal_errors_by_step, with_earlier_results
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
 from mkd.stages import (
     CAPACITY_FAILURES,
@@ -157,7 +157,7 @@ class AttemptRunner:
                 return
             except Exception:  # one job's files must not stop the loop (nor loop on the error)
                 log.exception("job %s: error while writing its files", job_id)
-                self.store.bump("internal_errors_total")
+                self.store.bump("internal_errors_total.files")
             self.store.mark_published(job_id)
 
     # --- starting ---------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class AttemptRunner:
                 raise
             except Exception as error:  # a job that cannot start must not block the queue
                 log.exception("job %s: cannot start", job.job_id)
-                self.store.bump("internal_errors_total")
+                self.store.bump("internal_errors_total.start")
                 self._set_state(job, JobState.FAILED, f"mkd could not start it: {type(error).__name__}: {error}")
 
     def seconds_until_due(self) -> float | None:
@@ -416,7 +416,7 @@ class AttemptRunner:
                 raise
             except Exception:  # one broken attempt must not stop the others: log, count, go on
                 log.exception("job %s: error while watching attempt %d", live.job_id, live.attempt_id)
-                self.store.bump("internal_errors_total")
+                self.store.bump("internal_errors_total.observe")
         self._write_progress()
         for job_id in list(self._status_written):
             if now - self._status_written[job_id] >= STATUS_WRITE_SECONDS and self._live_for(job_id):
@@ -1045,6 +1045,7 @@ class AttemptRunner:
             gpu_holders=self.holders(),
             gpu_process_bytes=attribute_processes(self.gpu, owners),
             tick_seconds=tick_seconds,
+            internal_errors_by_step=internal_errors_by_step(counters),
         )
 
     def _forget_all_but(self, job_ids: set[str]) -> None:
@@ -1065,11 +1066,14 @@ class AttemptRunner:
         live = self._live_for(job.job_id)
         finished = job.state.finished
         progress = live.progress() if live else summary.get("progress", {})
+        if stage.kind not in TRAIN_KINDS:  # a test stage prints no table: show the training stage's figures
+            progress = with_earlier_results(progress, job.stage_data.get("results", {}))
         if finished:  # a finished job has no current rate: keep its totals, not its last speed
             progress = {k: v for k, v in progress.items() if "per_second" not in k}
         offset = int(job.stage_data.get("samples_offset", 0))
         samples = progress.get("samples")
         gpus = live.gpu_indices if live else tuple(summary.get("params", {}).get("gpu_indices", []))
+        test = progress.get("test_result") or {}
         return JobView(
             job_id=job.job_id,
             state=job.state.value,
@@ -1090,6 +1094,12 @@ class AttemptRunner:
             seconds_since_progress=None
             if live is None or live.last_progress_mono is None
             else now - live.last_progress_mono,
+            last_progress_at=None
+            if live is None or live.last_progress_mono is None
+            else self.wall() - (now - live.last_progress_mono),
+            test_mean_return=_opt_float(test.get("mean_return")),
+            test_mean_episode_length=_opt_float(test.get("mean_episode_length")),
+            test_episodes=_opt_int(test.get("episodes")),
             best_test_return=_opt_float(progress.get("best_test_return")),
             median_samples_per_second=_opt_float(progress.get("median_samples_per_second")),
             retries=int(summary.get("retries", 0)),
