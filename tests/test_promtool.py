@@ -115,10 +115,26 @@ def test_every_alert_has_severity_and_annotations_naming_what_it_is_about() -> N
             assert "$labels.gpu" in summary, f"{rule['alert']}: a GPU alert names the GPU"
 
 
-def test_every_alert_has_a_unit_test_where_it_fires() -> None:
+def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not() -> None:
     tests = yaml.safe_load(RULES_TEST.read_text())["tests"]
-    fired = {case["alertname"] for t in tests for case in t.get("alert_rule_test", []) if case["exp_alerts"]}
-    assert fired == {rule["alert"] for rule in alerts()}
+    cases = [case for t in tests for case in t.get("alert_rule_test", [])]
+    assert {case["alertname"] for case in cases if case["exp_alerts"]} == {rule["alert"] for rule in alerts()}
+    assert {case["alertname"] for case in cases if not case["exp_alerts"]} == {rule["alert"] for rule in alerts()}
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces as '-'."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_alert_links_the_readme_section_on_it() -> None:
+    anchors = github_anchors((REPO / "README.md").read_text())
+    for rule in alerts():
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == "README.md" and anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: README.md has no section #{anchor}"
 
 
 # --- the dashboard ---------------------------------------------------------------------------------
