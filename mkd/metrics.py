@@ -25,7 +25,8 @@ long-running daemon's series count stays bounded by its active jobs.
 mkd_jobs{state} counts every job the daemon knows, exported or not.
 
 GPU metrics and their DCGM (dcgm-exporter) counterparts, for dashboards that
-show both or move from one to the other:
+show both or move from one to the other (dcgm-exporter labels a GPU ``UUID``;
+the recording rule mkd:gpu_job:uuid in deploy/prometheus joins the two):
 
 | mkd metric (labels)                              | DCGM field (unit)                    | mkd value        |
 |--------------------------------------------------|--------------------------------------|------------------|
@@ -33,8 +34,13 @@ show both or move from one to the other:
 | mkd_gpu_memory_used_bytes (gpu, uuid)            | DCGM_FI_DEV_FB_USED (MiB)            | DCGM * 2**20     |
 | mkd_gpu_memory_total_bytes (gpu, uuid)           | DCGM_FI_DEV_FB_TOTAL (MiB) (*)       | DCGM * 2**20     |
 | mkd_gpu_power_watts (gpu, uuid)                  | DCGM_FI_DEV_POWER_USAGE (W)          | same             |
+| mkd_gpu_energy_joules_total (gpu, uuid)          | DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION (mJ) | DCGM / 1000 |
 | mkd_gpu_temperature_celsius (gpu, uuid)          | DCGM_FI_DEV_GPU_TEMP (C)             | same             |
 | mkd_gpu_sm_clock_hertz (gpu, uuid)               | DCGM_FI_DEV_SM_CLOCK (MHz)           | DCGM * 1e6       |
+| mkd_gpu_clocks_event_active (gpu, uuid, reason)  | DCGM_FI_DEV_CLOCKS_EVENT_REASONS (bits) | 0/1 per bit   |
+| mkd_gpu_xid_errors_total (gpu, uuid)             | none (count of XID events)           | since mkd started|
+| mkd_gpu_last_xid (gpu, uuid)                     | DCGM_FI_DEV_XID_ERRORS               | same (0: none)   |
+| mkd_gpu_ecc_errors_total (gpu, uuid, type)       | DCGM_FI_DEV_ECC_SBE/DBE_VOL_TOTAL    | corrected/uncorrected |
 | mkd_gpu_info (gpu, uuid, name, pci_bus_id)       | labels gpu UUID modelName pci_bus_id | 1                |
 | mkd_gpu_job (gpu, uuid, job_id)                  | label hpc_job (job mapping files)    | 1 per held GPU   |
 | mkd_gpu_process_memory_bytes (gpu, uuid, job_id) | none (NVML per-process memory)       | bytes; job_id "" |
@@ -44,23 +50,37 @@ info, so "used" excludes the driver's reserve (~480 MiB on an H100) and
 matches FB_USED and nvidia-smi's memory.used; on drivers without v2 (before
 R510) used includes the reserve.
 mkd_gpu_process_memory_bytes uses job_id "" for processes no mkd job owns.
+A GPU that cannot report a field (no ECC, no energy counter, no XID events)
+has no series for it.
 write_hpc_job_mapping() writes dcgm-exporter's job mapping files, so a
 dcgm-exporter on the same host labels its own metrics with mkd's job ids.
 
+Counters from 0: mkd_failures_total has a series for every failure class and
+mkd_internal_errors_total one for every step from the start, so increase()
+counts the first one.  mkd_job_samples_total is a counter (rate() it);
+mkd_job_samples_per_second is kept beside it because it is measured on
+MimicKit's own Wall_Time between two iterations (independent of the scrape
+interval), and its median is what MkdThroughputDropped compares to.
+mkd_job_loss holds the columns that are losses (*_Loss); the other optimizer
+columns (Clip_Frac, Imp_Ratio, Adv_*, Obs_Norm_*) are mkd_job_train_stat.
+
 All metric names:
 
-    mkd_up, mkd_daemon_start_time_seconds, mkd_tick_duration_seconds,
-    mkd_jobs{state}, mkd_queue_length, mkd_attempts_total,
-    mkd_failures_total{class}, mkd_retries_total, mkd_rejected_files_total,
-    mkd_intake_errors_total,
+    mkd_build_info{version,python_version}, mkd_daemon_start_time_seconds,
+    mkd_tick_duration_seconds (histogram), mkd_jobs{state}, mkd_queue_length,
+    mkd_attempts_total, mkd_failures_total{class}, mkd_retries_total,
+    mkd_rejected_files_total, mkd_intake_errors_total,
+    mkd_internal_errors_total{step},
     mkd_job_info{job_id,state,stage,devices,num_envs}, mkd_job_attempt,
-    mkd_job_iteration, mkd_job_samples, mkd_job_samples_per_second,
+    mkd_job_iteration, mkd_job_samples_total, mkd_job_samples_per_second,
     mkd_job_train_return, mkd_job_test_return, mkd_job_best_test_return,
     mkd_job_train_episode_length, mkd_job_test_episode_length,
     mkd_job_wall_time_seconds, mkd_job_loss{job_id,name},
-    mkd_job_seconds_since_progress, mkd_job_median_samples_per_second,
-    mkd_job_retries, mkd_job_running (all mkd_job_* carry job_id),
-    mkd_nvml_up, mkd_gpu_* (table above).
+    mkd_job_train_stat{job_id,name}, mkd_job_last_progress_timestamp_seconds,
+    mkd_job_median_samples_per_second, mkd_job_retries, mkd_job_running,
+    mkd_job_test_stage_mean_return, mkd_job_test_stage_mean_episode_length,
+    mkd_job_test_stage_episodes (all mkd_job_* carry job_id),
+    mkd_nvml_up, mkd_gpu_* (table above); and, from the daemon, process_*.
 """
 
 from __future__ import annotations
@@ -87,7 +107,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.process_collector import ProcessCollector
 
 from mkd.failures import FailureClass
-from mkd.gpus import GpuReading, GpuSample
+from mkd.gpus import GpuReading, GpuSample, clocks_event_reasons
 from mkd.snapshot import INTERNAL_ERROR_STEPS, JOB_STATES, DaemonView, Histogram, HistogramSnapshot, JobView
 
 log = logging.getLogger("mkd.metrics")
@@ -294,6 +314,7 @@ def _gpu_families(view: DaemonView) -> Iterator[Metric]:
             if value is not None:
                 family.add_metric([str(g.index), g.uuid], value)
         yield family
+    yield from _gpu_health_families(reading)
     held = _gauge("mkd_gpu_job", "1 for each GPU a job holds.", ["gpu", "uuid", "job_id"])
     for uuid, job_id in sorted(view.gpu_holders.items()):
         held.add_metric([_gpu_label(reading, uuid), uuid, job_id], 1)
@@ -306,6 +327,47 @@ def _gpu_families(view: DaemonView) -> Iterator[Metric]:
     for (uuid, job_id), used in sorted(view.gpu_process_bytes.items()):
         procs.add_metric([_gpu_label(reading, uuid), uuid, job_id], used)
     yield procs
+
+
+def _gpu_health_families(reading: GpuReading) -> Iterator[Metric]:
+    """What DCGM users watch beyond the gauges: energy, clock event reasons, XID and ECC errors."""
+    labels = ["gpu", "uuid"]
+    energy = CounterMetricFamily(
+        "mkd_gpu_energy_joules",
+        "Energy the GPU used since the driver loaded (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION in joules).",
+        labels=labels,
+    )
+    reasons = _gauge(
+        "mkd_gpu_clocks_event_active",
+        "1 while this clocks event (throttle) reason holds the GPU's clocks (DCGM_FI_DEV_CLOCKS_EVENT_REASONS bits).",
+        [*labels, "reason"],
+    )
+    xids = CounterMetricFamily(
+        "mkd_gpu_xid_errors",
+        "XID errors NVML reported since mkd started, all XIDs (the XID: mkd_gpu_last_xid and the daemon's log).",
+        labels=labels,
+    )
+    last_xid = _gauge("mkd_gpu_last_xid", "The last XID NVML reported, 0 for none (DCGM_FI_DEV_XID_ERRORS).", labels)
+    ecc = CounterMetricFamily(
+        "mkd_gpu_ecc_errors",
+        "ECC errors since the driver loaded (volatile; DCGM_FI_DEV_ECC_SBE_VOL_TOTAL, _DBE_VOL_TOTAL).",
+        labels=[*labels, "type"],
+    )
+    for g in reading.gpus:
+        ids = [str(g.index), g.uuid]
+        if g.energy_joules is not None:
+            energy.add_metric(ids, g.energy_joules)
+        if g.clocks_event_reasons is not None:
+            for reason, active in clocks_event_reasons(g.clocks_event_reasons).items():
+                reasons.add_metric([*ids, reason], 1 if active else 0)
+        if g.xid_errors is not None:
+            xids.add_metric(ids, g.xid_errors)
+            last_xid.add_metric(ids, g.last_xid or 0)
+        if g.ecc_corrected is not None:
+            ecc.add_metric([*ids, "corrected"], g.ecc_corrected)
+        if g.ecc_uncorrected is not None:
+            ecc.add_metric([*ids, "uncorrected"], g.ecc_uncorrected)
+    yield from (energy, reasons, xids, last_xid, ecc)
 
 
 def families(view: DaemonView) -> Iterator[Metric]:

@@ -520,6 +520,26 @@ def test_metrics_from_the_fake_nvml() -> None:
     assert value(s, "mkd_gpu_process_memory_bytes", gpu="1", uuid=UUID1, job_id="walk-1") == 2048 * MIB
 
 
+def test_gpu_health_metrics_from_the_fake_nvml() -> None:
+    fake = {"GPUS": 2, "ENERGY_MJ_0": 5_000_250, "CLOCKS_EVENT_REASONS_1": 0x24, "XID_1": "79,48",
+            "ECC_CORRECTED_0": 3, "ECC_UNCORRECTED_1": "ns"}  # fmt: skip
+    reading = sample_once(nvml_env(build_fake_nvml(), fake))
+    text, s = scrape(view(gpu=reading, gpu_process_bytes={}))
+    g0, g1 = {"gpu": "0", "uuid": UUID0}, {"gpu": "1", "uuid": UUID1}
+
+    assert "# TYPE mkd_gpu_energy_joules_total counter" in text and "# TYPE mkd_gpu_xid_errors_total counter" in text
+    assert value(s, "mkd_gpu_energy_joules_total", **g0) == 5000.25
+    assert value(s, "mkd_gpu_clocks_event_active", **g1, reason="sw_power_cap") == 1
+    assert value(s, "mkd_gpu_clocks_event_active", **g1, reason="sw_thermal_slowdown") == 1
+    assert value(s, "mkd_gpu_clocks_event_active", **g1, reason="hw_slowdown") == 0
+    assert value(s, "mkd_gpu_clocks_event_active", **g0, reason="sw_power_cap") == 0
+    assert value(s, "mkd_gpu_xid_errors_total", **g1) == 2 and value(s, "mkd_gpu_last_xid", **g1) == 48
+    assert value(s, "mkd_gpu_xid_errors_total", **g0) == 0 and value(s, "mkd_gpu_last_xid", **g0) == 0
+    assert value(s, "mkd_gpu_ecc_errors_total", **g0, type="corrected") == 3
+    assert value(s, "mkd_gpu_ecc_errors_total", **g1, type="corrected") == 0
+    assert ("mkd_gpu_ecc_errors_total", frozenset({**g1, "type": "uncorrected"}.items())) not in s
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_the_exposition() -> None:
     text, _ = scrape(view())
