@@ -524,7 +524,7 @@ def per_gpu() -> list[Json]:
             "XID and ECC errors, last hour",
             "XID errors NVML reported (by XID) and ECC errors (volatile counts), in the last hour.",
             [
-                t(f"increase(mkd_gpu_xid_errors_total{{{GPU}}}[1h])", legend + ": XID {{xid}}"),
+                t(f"increase(mkd_gpu_xid_errors_total{{{GPU}}}[1h])", legend + ": XID errors"),
                 t(f"increase(mkd_gpu_ecc_errors_total{{{GPU}}}[1h])", legend + ": ECC {{type}}"),
                 t(f"mkd_gpu_last_xid{{{GPU}}} > 0", legend + ": last XID (value)"),
             ],
