@@ -95,6 +95,7 @@ import os
 import platform
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -429,6 +430,7 @@ def make_registry(get_view: GetView, *, process_metrics: bool = False) -> MkdReg
 Headers = tuple[tuple[str, str], ...]
 _ACCEPTS_KEPT = 32  # distinct Accept headers remembered; a scraper sends the same one every time
 _EOF = b"# EOF\n"
+PROCESS_REFRESH_SECONDS = 1.0  # process_* are read from /proc at most this often (scrapes come every 15 s)
 
 
 class Exposition:
@@ -437,12 +439,14 @@ class Exposition:
     body() asks get_view() for the current view at every call (the daemon's attribute:
     cheap).  While that is the same object as last time, the bytes already rendered for it
     in the format the client asked for are reused; a new view drops them all.  The process_*
-    metrics (values of the moment) are rendered at every call and appended.  Another kind of
-    registry, or a name[] filter in the query, is rendered whole at every call, as
-    prometheus_client does."""
+    metrics (values of the moment) are rendered again once they are PROCESS_REFRESH_SECONDS
+    old, and appended.  Another kind of registry, or a name[] filter in the query, is rendered
+    whole at every call, as prometheus_client does."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._registry = registry
+        self._monotonic = monotonic
+        self._tails: dict[tuple[str, bool], tuple[float, bytes]] = {}
         self._get_view: GetView | None = None
         self._process: CollectorRegistry | None = None
         if isinstance(registry, MkdRegistry):
@@ -470,10 +474,22 @@ class Exposition:
             mine = self._mine(view, encoder, content_type, zipped)
             if self._process is None:
                 return mine, _headers(content_type, zipped)
-            # The process part is a few series of the moment: rendered each time and appended
-            # (gzipped as a second gzip member: a gzip stream may hold several, RFC 1952 2.2).
+            return mine + self._tail(encoder, content_type, zipped), _headers(content_type, zipped)
+
+    def _tail(self, encoder: Callable[[Any], bytes], content_type: str, zipped: bool) -> bytes:
+        """The process part: a few series of the moment, rendered at most every
+        PROCESS_REFRESH_SECONDS (gzipped as a second gzip member: a stream may hold several,
+        RFC 1952 2.2)."""
+        assert self._process is not None
+        now = self._monotonic()
+        found = self._tails.get((content_type, zipped))
+        if found is None or now - found[0] >= PROCESS_REFRESH_SECONDS:
             tail = encoder(self._process)
-            return mine + (gzip.compress(tail, compresslevel=6) if zipped else tail), _headers(content_type, zipped)
+            found = self._tails[(content_type, zipped)] = (
+                now,
+                gzip.compress(tail, compresslevel=6) if zipped else tail,
+            )
+        return found[1]
 
     def _mine(self, view: DaemonView, encoder: Callable[[Any], bytes], content_type: str, zipped: bool) -> bytes:
         """mkd's part for this view and format, rendered (and gzipped) once.  With the process

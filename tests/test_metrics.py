@@ -412,16 +412,20 @@ def test_each_format_is_rendered_once_per_view_and_gzip_reuses_it() -> None:
     assert dict(zipped_headers) == {**dict(om_headers), "Content-Encoding": "gzip"}
 
 
-def test_process_metrics_are_fresh_at_every_scrape_and_mkds_part_rendered_once() -> None:
+def test_process_metrics_are_fresh_each_second_and_mkds_part_rendered_once() -> None:
     fixed = view()
-    exposition = Exposition(make_registry(lambda: fixed, process_metrics=True))
+    clock = [100.0]
+    exposition = Exposition(make_registry(lambda: fixed, process_metrics=True), monotonic=lambda: clock[0])
     first, _ = exposition.body(None, None)
     sum(i * i for i in range(3_000_000))  # burn CPU: process_cpu_seconds_total must move
+    clock[0] += 0.5
+    same, _ = exposition.body(None, None)
+    clock[0] += metrics.PROCESS_REFRESH_SECONDS
     second, _ = exposition.body(None, None)
 
     assert exposition.renders == 1
-    cpu = [value(parse(b.decode()), "process_cpu_seconds_total") for b in (first, second)]
-    assert cpu[1] > cpu[0]
+    cpu = [value(parse(b.decode()), "process_cpu_seconds_total") for b in (first, same, second)]
+    assert cpu[0] == cpu[1] < cpu[2]
     assert value(parse(second.decode()), "mkd_job_iteration", job_id="walk-1") == 1200
 
 
