@@ -60,7 +60,7 @@ class AttemptRunner:
                 raise
             except Exception:  # one broken attempt must not stop the others: log, count, go on
                 log.exception("job %s: error while watching attempt %d", live.job_id, live.attempt_id)
-                self.runs.store.bump("internal_errors_total")
+                self.runs.store.bump("internal_errors_total.observe")
         self._write_progress()
 
     def _observe_one(self, live: LiveAttempt, now: float) -> None:
@@ -85,7 +85,7 @@ class AttemptRunner:
                 raise
             except Exception as error:  # ended for good: never judged again at the next tick
                 log.exception("job %s: error while finishing attempt %d", live.job_id, live.attempt_id)
-                self.runs.store.bump("internal_errors_total")
+                self.runs.store.bump("internal_errors_total.judge")
                 self._fail_attempt(live, exit, error)
             del self.runs.live[live.attempt_id]
 
@@ -195,7 +195,7 @@ class AttemptRunner:
             verdict = judge(self._attempt_end(live, exit, stage, attempt))
         except Exception as error:  # one attempt mkd cannot judge must end, not be judged again each tick
             log.exception("job %s: cannot judge attempt %d", live.job_id, live.attempt_id)
-            self.runs.store.bump("internal_errors_total")
+            self.runs.store.bump("internal_errors_total.judge")
             verdict = judge_error(error)
         failure = None if verdict.failure is None else verdict.failure.value
         evidence, permanent = verdict.evidence, verdict.permanent

@@ -83,16 +83,12 @@ def _open_store(layout: Layout) -> Store | None:
 
 def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
     import faulthandler
-    import logging
 
+    from mkd import logsetup
     from mkd.daemon import AlreadyRunning, Daemon
 
     faulthandler.enable()  # a watchdog SIGABRT leaves the loop's traceback in the journal
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logsetup.configure(config.log_level, sys.stderr)  # sd-daemon priorities when stderr is journald's
     path = config_path(getattr(args, "config", None))
     daemon = Daemon(config, layout, reload=(lambda: load_config(path)[0]) if path else None)
     try:

@@ -45,7 +45,7 @@ class IntakeConfig(Frozen):
 class MetricsConfig(Frozen):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(9400, ge=0, le=65535)
+    port: int = Field(19400, ge=0, le=65535)  # outside 9100-9999, the exporters' range (dcgm-exporter: 9400)
     retention: Duration = timedelta(hours=1)
     hpc_job_mapping_dir: str | None = None
 

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,7 +32,7 @@ from mkd.launcher import Launcher
 from mkd.publisher import Publisher
 from mkd.runs import Runs
 from mkd.sdnotify import Notifier
-from mkd.snapshot import DaemonView
+from mkd.snapshot import DaemonView, Histogram
 from mkd.store import Store, StoreError
 from mkd.watch import IncomingWatcher
 
@@ -76,6 +77,8 @@ class Daemon:
         self._lock_fd: int | None = None
         self._watcher: IncomingWatcher | None = None
         self._metrics: Any = None
+        self.metrics_error: str | None = None  # why /metrics is not served
+        self.tick_durations = Histogram()
         self._view: DaemonView = DaemonView(started_at=self.started_at)
         self._next_gpu_sample = 0.0
         self._published_at = -1e9
@@ -151,10 +154,19 @@ class Daemon:
         self._lock_fd = fd
 
     def _start_metrics(self) -> None:
-        from mkd.metrics import MetricsServer, make_registry
+        from mkd.metrics import MetricsUnavailable, make_registry, serve
 
-        server = MetricsServer(make_registry(lambda: self._view))
-        server.start(self.config.metrics.host, self.config.metrics.port)
+        try:
+            server = serve(
+                make_registry(lambda: self._view, process_metrics=True),
+                self.config.metrics.host,
+                self.config.metrics.port,
+            )
+        except MetricsUnavailable as error:  # keep supervising: say so once, loudly, and in STATUS=
+            log.error("%s", error)
+            self.metrics_error = error.short
+            (self.layout.state_dir / "metrics.port").unlink(missing_ok=True)
+            return
         (self.layout.state_dir / "metrics.port").write_text(f"{server.port}\n")
         self._metrics = server
         log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, server.port)
@@ -167,6 +179,7 @@ class Daemon:
         for step in (self._control, self._intake, self._observe, self._start, self._files, self._gpus, self._publish):
             step(now)
         self._tick_seconds = self.clock() - started
+        self.tick_durations.observe(self._tick_seconds)
 
     def _control(self, now: float) -> None:
         for path in sorted(self.layout.control.iterdir()):
@@ -214,7 +227,8 @@ class Daemon:
         if now - self._published_at < PUBLISH_SECONDS:
             return
         self._published_at = now
-        self._view = self.publisher.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
+        view = self.publisher.view(now, self.started_at, getattr(self, "_tick_seconds", 0.0))
+        self._view = replace(view, tick_durations=self.tick_durations.snapshot(), metrics_error=self.metrics_error)
         self.notifier.status(self.status_line())
         if self.config.metrics.hpc_job_mapping_dir:
             from mkd.metrics import write_hpc_job_mapping
@@ -222,7 +236,8 @@ class Daemon:
             write_hpc_job_mapping(Path(self.config.metrics.hpc_job_mapping_dir), self.ledger.holders_by_index())
 
     def status_line(self) -> str:
-        return report.status_line(self._view)
+        line = report.status_line(self._view)
+        return f"{line} · /metrics OFF: {self.metrics_error}" if self.metrics_error else line
 
     def view(self) -> DaemonView:
         return self._view

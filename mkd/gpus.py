@@ -42,8 +42,27 @@ NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
+NVML_ERROR_TIMEOUT = 10
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
+NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
+NVML_MEMORY_ERROR_CORRECTED = 0
+NVML_MEMORY_ERROR_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0  # since the driver loaded, as DCGM's *_VOL_TOTAL fields
+MAX_EVENTS_PER_SAMPLE = 1000  # an XID storm must not hold up the daemon's tick
+
+# NVML's clocks event reasons (nvmlClocksEventReason*, formerly "throttle reasons"): bit -> name.
+CLOCKS_EVENT_REASONS: tuple[tuple[int, str], ...] = (
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks_setting"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal_slowdown"),
+    (0x40, "hw_thermal_slowdown"),
+    (0x80, "hw_power_brake_slowdown"),
+    (0x100, "display_clock_setting"),
+)
 
 PROC = Path("/proc")
 
@@ -78,6 +97,12 @@ class GpuSample:
     processes: tuple[GpuProcess, ...]
     error: str | None = None
     memory_reserved_bytes: int | None = None
+    energy_joules: float | None = None  # since the driver loaded (NVML counts millijoules)
+    clocks_event_reasons: int | None = None  # bit mask, CLOCKS_EVENT_REASONS
+    ecc_corrected: int | None = None  # volatile ECC error counts; None where ECC is off or unsupported
+    ecc_uncorrected: int | None = None
+    xid_errors: int | None = None  # XID events this sampler received; None if the GPU reports none
+    last_xid: int | None = None  # the last XID received (0: none yet), as DCGM_FI_DEV_XID_ERRORS
 
     @property
     def memory_free_bytes(self) -> int | None:
@@ -129,6 +154,18 @@ class _FieldReader:
             self.lost = exc.value == NVML_ERROR_GPU_IS_LOST
             return None
 
+    def extra(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A field the scheduler does not need (energy, ECC, clock reasons): any error is None,
+        and only "GPU is lost" marks the GPU as unfit."""
+        if self.lost:
+            return None
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as exc:
+            if exc.value == NVML_ERROR_GPU_IS_LOST:
+                return self.get(fn, *args)
+            return None
+
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
@@ -154,6 +191,9 @@ class GpuSampler:
         self._driver_version: str | None = None
         self._identity: dict[int, tuple[str, str, str]] = {}  # index -> uuid, name, bus id
         self._memory_v2 = True  # until the driver says it has no v2 memory info
+        self._events: Any = None  # the NVML event set XID errors arrive on
+        self._xid_watched: set[int] = set()  # GPU indexes registered for XID events
+        self._xids: dict[int, tuple[int, int]] = {}  # index -> (XID events so far, last XID)
 
     def __enter__(self) -> GpuSampler:
         return self
@@ -175,8 +215,15 @@ class GpuSampler:
 
     def close(self) -> None:
         nvml, self._nvml = self._nvml, None
+        events, self._events = self._events, None
         self._identity.clear()
         self._memory_v2 = True
+        self._xid_watched.clear()
+        if nvml is not None and events is not None:
+            try:
+                nvml.nvmlEventSetFree(events)
+            except nvml.NVMLError as exc:
+                log.debug("nvmlEventSetFree: %s", describe_nvml_error(exc))
         if nvml is not None:
             try:
                 nvml.nvmlShutdown()
@@ -219,10 +266,10 @@ class GpuSampler:
         except nvml.NVMLError as exc:
             self._end_session(describe_nvml_error(exc))
             return GpuReading.unavailable(self._error, taken_at)
-        gpus = sorted(
-            (self._read_gpu(nvml, i) for i in range(count)),
-            key=lambda g: (g.pci_bus_id == "", g.pci_bus_id, g.index),
-        )
+        samples = [self._read_gpu(nvml, i) for i in range(count)]
+        self._drain_xid_events(nvml)
+        samples = [self._with_xids(g) for g in samples]
+        gpus = sorted(samples, key=lambda g: (g.pci_bus_id == "", g.pci_bus_id, g.index))
         return GpuReading(True, None, tuple(gpus), self._driver_version, taken_at)
 
     def _read_gpu(self, nvml: Any, index: int) -> GpuSample:
@@ -238,6 +285,14 @@ class GpuSampler:
         temp = reader.get(nvml.nvmlDeviceGetTemperature, handle, NVML_TEMPERATURE_GPU)
         sm_mhz = reader.get(nvml.nvmlDeviceGetClockInfo, handle, NVML_CLOCK_SM)
         procs = reader.get(nvml.nvmlDeviceGetComputeRunningProcesses_v3, handle)
+        energy_mj = reader.extra(nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
+        reasons = reader.extra(nvml.nvmlDeviceGetCurrentClocksEventReasons, handle)
+        if reasons is None:  # drivers before R535 call them throttle reasons
+            reasons = reader.extra(nvml.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
+        ecc = nvml.nvmlDeviceGetTotalEccErrors
+        corrected = reader.extra(ecc, handle, NVML_MEMORY_ERROR_CORRECTED, NVML_VOLATILE_ECC)
+        uncorrected = reader.extra(ecc, handle, NVML_MEMORY_ERROR_UNCORRECTED, NVML_VOLATILE_ECC)
+        self._watch_xids(nvml, reader, handle, index)
         return GpuSample(
             index=index,
             uuid=uuid,
@@ -252,7 +307,53 @@ class GpuSampler:
             sm_clock_hz=sm_mhz * 1e6 if sm_mhz is not None else None,
             processes=tuple(GpuProcess(int(p.pid), int(p.usedGpuMemory or 0)) for p in procs or ()),
             error=reader.error,
+            energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
+            clocks_event_reasons=int(reasons) if reasons is not None else None,
+            ecc_corrected=int(corrected) if corrected is not None else None,
+            ecc_uncorrected=int(uncorrected) if uncorrected is not None else None,
         )
+
+    # --- XID errors: NVML delivers them as events, not as a field ------------------------
+
+    def _watch_xids(self, nvml: Any, reader: _FieldReader, handle: Any, index: int) -> None:
+        """Register a GPU for XID events once per session (a GPU that cannot report them is skipped)."""
+        if index in self._xid_watched or reader.lost:
+            return
+        if self._events is None:
+            self._events = reader.extra(nvml.nvmlEventSetCreate)
+            if self._events is None:
+                return
+        try:
+            nvml.nvmlDeviceRegisterEvents(handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR, self._events)
+        except nvml.NVMLError as exc:
+            if exc.value not in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                log.debug("GPU %d: no XID events: %s", index, describe_nvml_error(exc))
+            return
+        self._xid_watched.add(index)
+        self._xids.setdefault(index, (0, 0))
+
+    def _drain_xid_events(self, nvml: Any) -> None:
+        """Take the XID events that arrived since the last sample, without waiting."""
+        if self._events is None:
+            return
+        for _ in range(MAX_EVENTS_PER_SAMPLE):
+            try:
+                event = nvml.nvmlEventSetWait_v2(self._events, 0)
+                index = int(nvml.nvmlDeviceGetIndex(event.device))
+            except nvml.NVMLError as exc:
+                if exc.value != NVML_ERROR_TIMEOUT:
+                    log.debug("XID events: %s", describe_nvml_error(exc))
+                return
+            if event.eventType & NVML_EVENT_TYPE_XID_CRITICAL_ERROR:
+                count, _ = self._xids.get(index, (0, 0))
+                self._xids[index] = (count + 1, int(event.eventData))
+                log.warning("GPU %d: XID %d", index, int(event.eventData))
+
+    def _with_xids(self, gpu: GpuSample) -> GpuSample:
+        if gpu.index not in self._xid_watched:
+            return gpu
+        count, last = self._xids.get(gpu.index, (0, 0))
+        return dataclasses.replace(gpu, xid_errors=count, last_xid=last)
 
     def _memory_info(self, nvml: Any, handle: Any) -> Any:
         # v2 splits the driver's reserved memory out of "used"; drivers before
@@ -386,6 +487,11 @@ def format_gpus_table(reading: GpuReading, holders: Mapping[str, str]) -> str:
 def reading_to_dict(reading: GpuReading) -> dict[str, Any]:
     """A JSON-ready dict (``mkd gpus --json``, status.json)."""
     return dataclasses.asdict(reading)
+
+
+def clocks_event_reasons(mask: int) -> dict[str, bool]:
+    """Each NVML clocks event reason, active or not, for a reason bit mask."""
+    return {name: bool(mask & bit) for bit, name in CLOCKS_EVENT_REASONS}
 
 
 def reading_from_dict(data: Mapping[str, Any]) -> GpuReading:

@@ -67,7 +67,7 @@ class Launcher:
                 raise
             except Exception as error:  # a job that cannot start must not block the queue
                 log.exception("job %s: cannot start", job.job_id)
-                self.runs.store.bump("internal_errors_total")
+                self.runs.store.bump("internal_errors_total.start")
                 self.runs.set_state(job, JobState.FAILED, f"mkd could not start it: {type(error).__name__}: {error}")
 
     def seconds_until_due(self) -> float | None:

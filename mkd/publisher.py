@@ -13,7 +13,8 @@ from mkd.gpu_ledger import GpuLedger
 from mkd.gpus import attribute_processes
 from mkd.mirror import place_job_file
 from mkd.runs import Runs
-from mkd.snapshot import DaemonView, JobView
+from mkd.snapshot import DaemonView, JobView, internal_errors_by_step, with_earlier_results
+from mkd.stagekinds import TRAINING
 from mkd.states import LIVE
 from mkd.store import JobRecord
 
@@ -49,7 +50,7 @@ class Publisher:
                 return
             except Exception:  # one job's files must not stop the loop (nor loop on the error)
                 log.exception("job %s: error while writing its files", job_id)
-                self.runs.store.bump("internal_errors_total")
+                self.runs.store.bump("internal_errors_total.files")
             self.runs.store.mark_published(job_id)
 
     def refresh(self, now: float) -> None:
@@ -117,6 +118,7 @@ class Publisher:
             gpu_holders=self.ledger.holders(),
             gpu_process_bytes=attribute_processes(self.runs.gpu, owners),
             tick_seconds=tick_seconds,
+            internal_errors_by_step=internal_errors_by_step(counters),
         )
 
     def _forget_all_but(self, job_ids: set[str]) -> None:
@@ -134,10 +136,14 @@ class Publisher:
         live = self.runs.live_for(job.job_id)
         finished = job.state.finished
         progress = live.progress() if live else summary.get("progress", {})
+        if stage.kind not in TRAINING:  # a test stage prints no table: show the training stage's figures
+            results = {label: r.to_json() for label, r in job.memory.results.items()}
+            progress = with_earlier_results(progress, results)
         if finished:  # a finished job has no current rate: keep its totals, not its last speed
             progress = {k: v for k, v in progress.items() if "per_second" not in k}
         offset = job.memory.stage.samples_offset
         samples = progress.get("samples")
+        test = progress.get("test_result") or {}
         gpus = live.gpu_indices if live else tuple(summary.get("params", {}).get("gpu_indices", []))
         return JobView(
             job_id=job.job_id,
@@ -159,6 +165,12 @@ class Publisher:
             seconds_since_progress=None
             if live is None or live.last_progress_mono is None
             else now - live.last_progress_mono,
+            last_progress_at=None
+            if live is None or live.last_progress_mono is None
+            else self.runs.wall() - (now - live.last_progress_mono),
+            test_mean_return=_opt_float(test.get("mean_return")),
+            test_mean_episode_length=_opt_float(test.get("mean_episode_length")),
+            test_episodes=_opt_int(test.get("episodes")),
             best_test_return=_opt_float(progress.get("best_test_return")),
             median_samples_per_second=_opt_float(progress.get("median_samples_per_second")),
             retries=int(summary.get("retries", 0)),

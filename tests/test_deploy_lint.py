@@ -70,6 +70,49 @@ def test_systemd_analyze_security_exposure(unit_file: Path) -> None:
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
 
 
+HARDENING = REPO / "deploy" / "systemd" / "hardening.conf"
+MAX_HARDENED_EXPOSURE = 2.0
+
+
+@pytest.fixture
+def hardened_unit(tmp_path: Path, unit_file: Path) -> Path:
+    """The unit with deploy/systemd/hardening.conf applied (a drop-in's [Service] lines come after the unit's)."""
+    path = tmp_path / "hardened" / "mkd.service"
+    path.parent.mkdir()
+    path.write_text(unit_file.read_text() + "\n" + HARDENING.read_text())
+    return path
+
+
+def exposure(unit: Path) -> float:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for mkd\.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1))
+
+
+@needs_systemd_analyze
+def test_hardening_drop_in_verifies_and_lowers_the_exposure(hardened_unit: Path, unit_file: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(hardened_unit)], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    assert exposure(hardened_unit) <= MAX_HARDENED_EXPOSURE < exposure(unit_file)
+
+
+def test_hardening_drop_in_allows_the_nvidia_devices() -> None:
+    lines = [line.strip() for line in HARDENING.read_text().splitlines() if line.strip() and line[0] != "#"]
+    assert lines[0] == "[Service]" and "DevicePolicy=closed" in lines
+    allowed = {line.split("=", 1)[1] for line in lines if line.startswith("DeviceAllow=")}
+    for device in ("char-nvidia-frontend rw", "char-nvidia-uvm rw", "/dev/nvidiactl rw", "/dev/nvidia-uvm rw"):
+        assert device in allowed
+    assert not [line for line in lines[1:] if line.startswith("[")], "one [Service] section only"
+
+
 def test_unit_keeps_the_signal_contract() -> None:
     settings: dict[str, str] = {}
     for line in unit_template().splitlines():

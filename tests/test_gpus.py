@@ -17,6 +17,7 @@ from mkd.gpus import (
     GpuReading,
     GpuSample,
     attribute_processes,
+    clocks_event_reasons,
     format_gpus_table,
     process_group_members,
     process_tree,
@@ -182,6 +183,64 @@ def test_one_sampler_follows_the_state_file(lib: Path, tmp_path: Path) -> None:
     # GPU 1 was lost after the first sample: no values, but it keeps its identity
     assert g1.error == "GPU is lost (NVML error 15)" and g1.utilization_pct is None
     assert (g1.uuid, g1.name, g1.pci_bus_id) == (uuid(1), H100, "00000000:2A:00.0")
+
+
+def test_energy_clock_reasons_and_ecc(lib: Path) -> None:
+    env = nvml_env(
+        lib,
+        {
+            "GPUS": 2,
+            "ENERGY_MJ_0": 7_200_500,
+            "CLOCKS_EVENT_REASONS_0": 0x4 | 0x40,  # sw power cap + hw thermal slowdown
+            "ECC_CORRECTED_1": 12,
+            "ECC_UNCORRECTED_1": 1,
+            "ECC_CORRECTED_0": "ns",  # ECC off on that GPU
+            "ECC_UNCORRECTED_0": "ns",
+        },
+    )
+    g0, g1 = sample_once(env).gpus
+
+    assert g0.energy_joules == 7200.5 and g1.energy_joules == 3600.0
+    assert g0.clocks_event_reasons == 0x44 and g1.clocks_event_reasons == 0
+    active = clocks_event_reasons(0x44)
+    assert {name for name, on in active.items() if on} == {"sw_power_cap", "hw_thermal_slowdown"}
+    assert len(active) == 9
+    assert (g0.ecc_corrected, g0.ecc_uncorrected) == (None, None)
+    assert (g1.ecc_corrected, g1.ecc_uncorrected) == (12, 1)
+    assert g0.error is None and g1.error is None
+
+
+def test_clock_reasons_of_drivers_that_call_them_throttle_reasons(lib: Path) -> None:
+    env = nvml_env(lib, {"CLOCKS_EVENT_API": "throttle", "CLOCKS_EVENT_REASONS": 0x8})
+    assert sample_once(env).gpus[0].clocks_event_reasons == 0x8
+
+
+def test_an_error_in_an_extra_field_leaves_the_gpu_fit_for_work(lib: Path) -> None:
+    env = nvml_env(lib, {"ENERGY_MJ": "err:4", "CLOCKS_EVENT_REASONS": "err:999"})  # no permission, unknown
+    (g0,) = sample_once(env).gpus
+    assert g0.energy_joules is None and g0.clocks_event_reasons is None
+    assert g0.error is None and g0.utilization_pct == 0.0
+
+
+def test_xid_errors_arrive_as_events_and_are_counted_once(lib: Path, tmp_path: Path) -> None:
+    state = tmp_path / "nvml.state"
+    write_state_file(state, {})
+    env = nvml_env(lib, {"GPUS": 3, "XID_2": "ns", "STATE_FILE": state})
+
+    with SamplerProcess(env) as sampler:
+        first = sampler.sample()
+        write_state_file(state, {"XID_1": "79"})
+        second = sampler.sample()
+        write_state_file(state, {"XID_1": "79,31,31"})
+        third = sampler.sample()
+        fourth = sampler.sample()
+
+    assert [(g.xid_errors, g.last_xid) for g in first.gpus] == [(0, 0), (0, 0), (None, None)]
+    assert (second.gpus[1].xid_errors, second.gpus[1].last_xid) == (1, 79)
+    assert (third.gpus[1].xid_errors, third.gpus[1].last_xid) == (3, 31)
+    assert (fourth.gpus[1].xid_errors, fourth.gpus[1].last_xid) == (3, 31)  # nothing new
+    assert third.gpus[0].xid_errors == 0
+    assert all(g.error is None for g in fourth.gpus)
 
 
 def test_init_is_retried_after_a_failure(lib: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import platform
 import shutil
 import socket
 import subprocess
@@ -14,12 +15,33 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest, start_http_server
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as omparser
 from prometheus_client.parser import text_string_to_metric_families
 
 from mkd import metrics
+from mkd.failures import FailureClass
 from mkd.gpus import MIB, GpuProcess, GpuReading, GpuSample, attribute_processes
-from mkd.metrics import Exposition, MetricsServer, jobs_for_export, make_registry, write_hpc_job_mapping
-from mkd.snapshot import JOB_STATES, DaemonView, JobView, count_by_state
+from mkd.metrics import (
+    Exposition,
+    MetricsServer,
+    MetricsUnavailable,
+    build_info,
+    jobs_for_export,
+    make_registry,
+    serve,
+    write_hpc_job_mapping,
+)
+from mkd.snapshot import (
+    INTERNAL_ERROR_STEPS,
+    JOB_STATES,
+    DaemonView,
+    Histogram,
+    HistogramSnapshot,
+    JobView,
+    count_by_state,
+)
+from mkd.states import JobState
+from tests.harness import Home, wait_for
 from tests.nvml_fixtures import build_fake_nvml, nvml_env, sample_once
 
 UUID0 = "GPU-fake-0000-0000-0000-000000000000"
@@ -61,13 +83,30 @@ RUNNING = JobView(
     test_return=None,  # not tested yet: no series
     train_episode_length=290.0,
     wall_time_seconds=3600.0,
-    losses={"Critic_Loss": 0.25, "Actor_Loss": math.nan},
+    losses={"Critic_Loss": 0.25, "Actor_Loss": math.nan, "Clip_Frac": 0.06, "Obs_Norm_Std": math.nan},
     seconds_since_progress=3.5,
+    last_progress_at=996.5,
     best_test_return=None,
     median_samples_per_second=80_000.0,
     retries=1,
 )
-DONE = JobView(job_id="probe-3", state="succeeded", attempt=1, test_return=55.0, finished_at=1000.0)
+DONE = JobView(
+    job_id="probe-3",
+    state="succeeded",
+    attempt=1,
+    test_return=55.0,
+    finished_at=1000.0,
+    test_mean_return=6.26,
+    test_mean_episode_length=15.5,
+    test_episodes=256,
+)
+
+
+def ticks(*seconds: float) -> HistogramSnapshot:
+    histogram = Histogram()
+    for s in seconds:
+        histogram.observe(s)
+    return histogram.snapshot()
 
 
 def view(**kw: object) -> DaemonView:
@@ -84,7 +123,7 @@ def view(**kw: object) -> DaemonView:
         "jobs": jobs,
         "jobs_by_state": count_by_state(jobs),
         "attempts_total": 7,
-        "failures_by_class": {"A": 2, "C": 1},
+        "failures_by_class": {"cuda_oom": 2, "stall": 1},
         "retries_total": 3,
         "queue_length": 4,
         "rejected_files_total": 5,
@@ -93,6 +132,8 @@ def view(**kw: object) -> DaemonView:
         "gpu_holders": {UUID0: "walk-1", UUID1: "walk-1"},
         "gpu_process_bytes": attribute_processes(reading, {10: "walk-1"}),
         "tick_seconds": 0.012,
+        "tick_durations": ticks(0.004, 0.012, 0.3),
+        "internal_errors_by_step": {"observe": 2, "start": 0, "files": 0},
     }
     values.update(kw)
     return DaemonView(**values)  # type: ignore[arg-type]
@@ -122,9 +163,14 @@ def names(samples: Samples) -> set[str]:
 def test_daemon_metrics() -> None:
     _, s = scrape(view())
 
-    assert value(s, "mkd_up") == 1
+    assert "mkd_up" not in names(s)  # Prometheus's own up{job="mkd"} says that
+    assert value(s, "mkd_build_info", version=build_info()[0], python_version=platform.python_version()) == 1
     assert value(s, "mkd_daemon_start_time_seconds") == 900.0
-    assert value(s, "mkd_tick_duration_seconds") == 0.012
+    assert value(s, "mkd_tick_duration_seconds_count") == 3
+    assert value(s, "mkd_tick_duration_seconds_sum") == pytest.approx(0.316)
+    assert value(s, "mkd_tick_duration_seconds_bucket", le="0.005") == 1
+    assert value(s, "mkd_tick_duration_seconds_bucket", le="0.025") == 2
+    assert value(s, "mkd_tick_duration_seconds_bucket", le="+Inf") == 3
     assert {state: value(s, "mkd_jobs", state=state) for state in JOB_STATES} == {
         **dict.fromkeys(JOB_STATES, 0.0),
         "running": 1.0,
@@ -132,8 +178,11 @@ def test_daemon_metrics() -> None:
     }
     assert value(s, "mkd_queue_length") == 4
     assert value(s, "mkd_attempts_total") == 7
-    assert value(s, "mkd_failures_total", **{"class": "A"}) == 2
-    assert value(s, "mkd_failures_total", **{"class": "C"}) == 1
+    assert value(s, "mkd_failures_total", **{"class": "cuda_oom"}) == 2
+    assert value(s, "mkd_failures_total", **{"class": "stall"}) == 1
+    assert value(s, "mkd_failures_total", **{"class": "nan_divergence"}) == 0
+    assert value(s, "mkd_internal_errors_total", step="observe") == 2
+    assert value(s, "mkd_internal_errors_total", step="files") == 0
     assert value(s, "mkd_retries_total") == 3
     assert value(s, "mkd_rejected_files_total") == 5
     assert value(s, "mkd_intake_errors_total") == 6
@@ -141,8 +190,28 @@ def test_daemon_metrics() -> None:
 
 def test_counters_are_typed_as_counters() -> None:
     text, _ = scrape(view())
-    for name in ("mkd_attempts", "mkd_failures", "mkd_retries", "mkd_rejected_files", "mkd_intake_errors"):
+    for name in (
+        "mkd_attempts",
+        "mkd_failures",
+        "mkd_retries",
+        "mkd_rejected_files",
+        "mkd_intake_errors",
+        "mkd_internal_errors",
+        "mkd_job_samples",
+    ):
         assert f"# TYPE {name}_total counter" in text or f"# TYPE {name} counter" in text
+    assert "# TYPE mkd_tick_duration_seconds histogram" in text
+
+
+def test_every_failure_class_and_step_is_exported_from_zero() -> None:
+    # increase() counts a first failure only if the series existed at 0 before it
+    _, s = scrape(DaemonView(started_at=1.0))
+    classes = {dict(labels)["class"] for name, labels in s if name == "mkd_failures_total"}
+    assert classes == {c.value for c in FailureClass} - {"cancelled"}
+    assert {value(s, "mkd_failures_total", **{"class": c}) for c in classes} == {0.0}
+    steps = {dict(labels)["step"]: s[(name, labels)] for name, labels in s if name == "mkd_internal_errors_total"}
+    assert steps == dict.fromkeys(INTERNAL_ERROR_STEPS, 0.0)
+    assert value(s, "mkd_tick_duration_seconds_count") == 0
 
 
 def test_job_metrics() -> None:
@@ -154,12 +223,12 @@ def test_job_metrics() -> None:
     expected = {
         "mkd_job_attempt": 2,
         "mkd_job_iteration": 1200,
-        "mkd_job_samples": 49_152_000,
+        "mkd_job_samples_total": 49_152_000,
         "mkd_job_samples_per_second": 81_000.5,
         "mkd_job_train_return": 41.5,
         "mkd_job_train_episode_length": 290.0,
         "mkd_job_wall_time_seconds": 3600.0,
-        "mkd_job_seconds_since_progress": 3.5,
+        "mkd_job_last_progress_timestamp_seconds": 996.5,
         "mkd_job_median_samples_per_second": 80_000.0,
         "mkd_job_retries": 1,
         "mkd_job_running": 1,
@@ -167,6 +236,13 @@ def test_job_metrics() -> None:
     assert {name: value(s, name, job_id="walk-1") for name in expected} == expected
     assert value(s, "mkd_job_loss", job_id="walk-1", name="Critic_Loss") == 0.25
     assert math.isnan(value(s, "mkd_job_loss", job_id="walk-1", name="Actor_Loss"))
+    # the optimizer's statistics are not losses
+    assert value(s, "mkd_job_train_stat", job_id="walk-1", name="Clip_Frac") == 0.06
+    assert math.isnan(value(s, "mkd_job_train_stat", job_id="walk-1", name="Obs_Norm_Std"))
+    assert {dict(labels)["name"] for name, labels in s if name == "mkd_job_loss"} == {"Critic_Loss", "Actor_Loss"}
+    assert value(s, "mkd_job_test_stage_mean_return", job_id="probe-3") == 6.26
+    assert value(s, "mkd_job_test_stage_mean_episode_length", job_id="probe-3") == 15.5
+    assert value(s, "mkd_job_test_stage_episodes", job_id="probe-3") == 256
     assert value(s, "mkd_job_running", job_id="probe-3") == 0
     assert value(s, "mkd_job_test_return", job_id="probe-3") == 55.0
 
@@ -280,7 +356,6 @@ def test_server_on_port_zero_is_scraped_over_http(server: MetricsServer) -> None
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
         assert response.status == 200
         s = parse(response.read().decode())
-    assert value(s, "mkd_up") == 1
     assert value(s, "mkd_job_iteration", job_id="walk-1") == 1200
 
 
@@ -337,13 +412,37 @@ def test_each_format_is_rendered_once_per_view_and_gzip_reuses_it() -> None:
     assert dict(zipped_headers) == {**dict(om_headers), "Content-Encoding": "gzip"}
 
 
-def test_process_metrics_are_rendered_at_every_scrape() -> None:
+def test_process_metrics_are_fresh_each_second_and_mkds_part_rendered_once() -> None:
+    fixed = view()
+    clock = [100.0]
+    exposition = Exposition(make_registry(lambda: fixed, process_metrics=True), monotonic=lambda: clock[0])
+    first, _ = exposition.body(None, None)
+    sum(i * i for i in range(3_000_000))  # burn CPU: process_cpu_seconds_total must move
+    clock[0] += 0.5
+    same, _ = exposition.body(None, None)
+    clock[0] += metrics.PROCESS_REFRESH_SECONDS
+    second, _ = exposition.body(None, None)
+
+    assert exposition.renders == 1
+    cpu = [value(parse(b.decode()), "process_cpu_seconds_total") for b in (first, same, second)]
+    assert cpu[0] == cpu[1] < cpu[2]
+    assert value(parse(second.decode()), "mkd_job_iteration", job_id="walk-1") == 1200
+
+
+def test_with_process_metrics_each_format_is_whole() -> None:
     fixed = view()
     exposition = Exposition(make_registry(lambda: fixed, process_metrics=True))
-    exposition.body(None, None)
-    body, _ = exposition.body(None, None)
-    assert exposition.renders == 2
-    assert "process_cpu_seconds_total" in names(parse(body.decode()))
+    openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    om, _ = exposition.body(openmetrics, None)
+    zipped, headers = exposition.body(openmetrics, "gzip")
+    plain_zipped, _ = exposition.body(None, "gzip")
+
+    assert om.count(b"# EOF") == 1 and om.endswith(b"# EOF\n")
+    assert dict(headers)["Content-Encoding"] == "gzip"
+    for body, fmt in ((om, openmetrics), (gzip.decompress(zipped), openmetrics), (gzip.decompress(plain_zipped), "")):
+        families = {f.name for f in (omparser(body.decode()) if fmt else text_string_to_metric_families(body.decode()))}
+        assert {"mkd_job_iteration", "process_cpu_seconds", "mkd_job_samples"} <= families
+    assert exposition.renders == 2  # text and OpenMetrics, once each
 
 
 REQUESTS: list[tuple[str, str, dict[str, str]]] = [
@@ -353,7 +452,7 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/metrics", {"Accept": "text/plain; version=1.0.0; escaping=allow-utf-8"}),
     ("GET", "/metrics", {"Accept-Encoding": "gzip"}),
     ("GET", "/", {}),
-    ("GET", "/metrics?name[]=mkd_up&name[]=mkd_queue_length", {}),
+    ("GET", "/metrics?name[]=mkd_build_info&name[]=mkd_queue_length", {}),
     ("GET", "/favicon.ico", {}),
     ("OPTIONS", "/metrics", {}),
     ("POST", "/metrics", {}),
@@ -425,6 +524,26 @@ def test_metrics_from_the_fake_nvml() -> None:
     assert value(s, "mkd_gpu_process_memory_bytes", gpu="1", uuid=UUID1, job_id="walk-1") == 2048 * MIB
 
 
+def test_gpu_health_metrics_from_the_fake_nvml() -> None:
+    fake = {"GPUS": 2, "ENERGY_MJ_0": 5_000_250, "CLOCKS_EVENT_REASONS_1": 0x24, "XID_1": "79,48",
+            "ECC_CORRECTED_0": 3, "ECC_UNCORRECTED_1": "ns"}  # fmt: skip
+    reading = sample_once(nvml_env(build_fake_nvml(), fake))
+    text, s = scrape(view(gpu=reading, gpu_process_bytes={}))
+    g0, g1 = {"gpu": "0", "uuid": UUID0}, {"gpu": "1", "uuid": UUID1}
+
+    assert "# TYPE mkd_gpu_energy_joules_total counter" in text and "# TYPE mkd_gpu_xid_errors_total counter" in text
+    assert value(s, "mkd_gpu_energy_joules_total", **g0) == 5000.25
+    assert value(s, "mkd_gpu_clocks_event_active", **g1, reason="sw_power_cap") == 1
+    assert value(s, "mkd_gpu_clocks_event_active", **g1, reason="sw_thermal_slowdown") == 1
+    assert value(s, "mkd_gpu_clocks_event_active", **g1, reason="hw_slowdown") == 0
+    assert value(s, "mkd_gpu_clocks_event_active", **g0, reason="sw_power_cap") == 0
+    assert value(s, "mkd_gpu_xid_errors_total", **g1) == 2 and value(s, "mkd_gpu_last_xid", **g1) == 48
+    assert value(s, "mkd_gpu_xid_errors_total", **g0) == 0 and value(s, "mkd_gpu_last_xid", **g0) == 0
+    assert value(s, "mkd_gpu_ecc_errors_total", **g0, type="corrected") == 3
+    assert value(s, "mkd_gpu_ecc_errors_total", **g1, type="corrected") == 0
+    assert ("mkd_gpu_ecc_errors_total", frozenset({**g1, "type": "uncorrected"}.items())) not in s
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_the_exposition() -> None:
     text, _ = scrape(view())
@@ -447,3 +566,45 @@ def test_hpc_job_mapping_files(tmp_path: Path) -> None:
     assert (mapping / "1").read_text() == "sweep-2\n"
     write_hpc_job_mapping(mapping, {})
     assert sorted(p.name for p in mapping.iterdir()) == ["README"]
+
+
+def test_job_states_are_the_stores_own() -> None:
+    assert tuple(s.value for s in JobState) == JOB_STATES
+
+
+def test_a_taken_port_is_one_line_naming_the_key() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsUnavailable) as raised:
+            serve(make_registry(view), "127.0.0.1", port)
+    message = str(raised.value)
+    assert f"127.0.0.1:{port} ([metrics] port)" in message
+    assert "Address already in use" in message and "keeps supervising" in message
+    assert "\n" not in message
+
+
+def test_a_host_that_does_not_resolve_names_the_host_key() -> None:
+    with pytest.raises(MetricsUnavailable, match=r"\[metrics\] host"):
+        serve(make_registry(view), "no-such-host.invalid", 0)
+
+
+def test_daemon_on_a_taken_port_keeps_supervising(home: Home) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        home.config.write_text(home.config.read_text().replace("port = 0", f"port = {port}"))
+        home.start(ready=False)
+        wait_for(lambda: "mkd ready" in home.log.read_text() or home.proc_exited(), 20, "daemon ready")
+        assert not home.proc_exited()
+        home.drop("after.toml", '[workload]\nkind = "command"\nargv = ["true"]\n')
+        job = wait_for(lambda: home.db().execute("SELECT job_id FROM jobs").fetchone(), 20, "the job taken in")
+        home.wait_state(job[0], "succeeded")
+        log = home.log.read_text()
+        assert home.stop() == 0
+    errors = [line for line in log.splitlines() if "metrics are off" in line]
+    assert len(errors) == 1 and f"127.0.0.1:{port} ([metrics] port)" in errors[0]
+    assert "Traceback" not in log
+    assert not (home.root / "var" / "metrics.port").exists()

@@ -4,13 +4,17 @@ scenario provokes fire.
 
 One scenario for the whole module (Prometheus's first scrape comes ~5 s after it starts, so
 each test paying for its own would be slow): a daemon on the fake NVML with two GPUs, job
-"walk" (fake MimicKit, never ends) holding GPU 1 at 5 % utilization, and job "diverge",
-whose losses turn NaN at iteration 3, so mkd gives up on it. Prometheus scrapes every 1 s,
-evaluates deploy/prometheus/mkd.rules.yml every 1 s, and is stopped by its pid at the end.
+"walk" (fake MimicKit, never ends) holding GPU 1 at 5 % utilization, job "diverge",
+whose losses turn NaN at iteration 3, so mkd gives up on it, and job "tested", a short
+train -> test job that succeeds. Beside mkd, Prometheus scrapes a dcgm-exporter-shaped
+target (the label names and values dcgm-exporter gives, for the same fake GPUs' UUIDs).
+Prometheus scrapes every 1 s, evaluates deploy/prometheus/mkd.rules.yml every 1 s, and is
+stopped by its pid at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -20,11 +24,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,33 @@ pytestmark = [
     pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package: prometheus)"),
 ]
 
-GPUS = {"GPUS": 2, "UTIL_0": 87, "UTIL_1": 5, "POWER_MW_0": 250000, "TEMP_C_1": 41, "SM_CLOCK_MHZ_0": 1755}
+GPUS = {
+    "GPUS": 2,
+    "UTIL_0": 87,
+    "UTIL_1": 5,
+    "POWER_MW_0": 250000,
+    "TEMP_C_1": 41,
+    "SM_CLOCK_MHZ_0": 1755,
+    "CLOCKS_EVENT_REASONS_1": 0x4,  # sw power cap
+    "XID_1": "79",
+    "ECC_CORRECTED_1": 2,
+}
+UUIDS = [f"GPU-fake-0000-0000-0000-{i:012d}" for i in range(2)]
+
+# What dcgm-exporter 3.x/4.x serves for these GPUs (its label names; hpc_job from the job mapping files).
+DCGM = "".join(
+    f'DCGM_FI_DEV_GPU_UTIL{{gpu="{i}",UUID="{uuid}",pci_bus_id="00000000:{bus}:00.0",device="nvidia{i}",'
+    f'modelName="NVIDIA H100 80GB HBM3",Hostname="gpu-host",hpc_job="{job}"}} {util}\n'
+    f'DCGM_FI_DEV_POWER_USAGE{{gpu="{i}",UUID="{uuid}",pci_bus_id="00000000:{bus}:00.0",device="nvidia{i}",'
+    f'modelName="NVIDIA H100 80GB HBM3",Hostname="gpu-host",hpc_job="{job}"}} {watts}\n'
+    for i, uuid, bus, job, util, watts in ((0, UUIDS[0], "18", "", 88, 251.5), (1, UUIDS[1], "2A", "walk", 6, 95.25))
+)
+DCGM_TEXT = (
+    "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
+    + "".join(line + "\n" for line in DCGM.splitlines() if line.startswith("DCGM_FI_DEV_GPU_UTIL"))
+    + "# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).\n# TYPE DCGM_FI_DEV_POWER_USAGE gauge\n"
+    + "".join(line + "\n" for line in DCGM.splitlines() if line.startswith("DCGM_FI_DEV_POWER_USAGE"))
+)
 
 JOB = """
 [workload]
@@ -70,11 +102,34 @@ stop_grace = "2s"
 """
 WALK = JOB.format(devices='["cuda:0"]', resources='devices = ["cuda:1"]', fail="hang")
 DIVERGE = JOB.format(devices='["cpu"]', resources="gpus = 0", fail="nan_at=3")
+TESTED = """
+[workload]
+kind = "mimickit"
+arg_file = "args/deepmimic_humanoid_ppo_args.txt"
+engine_config = "data/engines/newton_engine.yaml"
+devices = ["cpu"]
+num_envs = 16
 
-# Alerts whose condition this scenario creates (their expression must return data now);
+[resources]
+gpus = 0
+
+[[stages]]
+name = "train"
+kind = "train"
+max_samples = 4096
+
+[[stages]]
+name = "test"
+kind = "test"
+num_envs = 4
+test_episodes = 4
+model_from = "train"
+"""
+
+# Rules whose condition this scenario creates (their expression must return data now);
 # the others only need their selectors to find series.
-PROVOKED = {"MkdLossNaN", "MkdRetriesExhausted", "MkdGpuIdleUnderJob"}
-FIRING = {"MkdLossNaN", "MkdRetriesExhausted"}  # no `for`: they fire within seconds
+PROVOKED = {"MkdRetriesExhausted", "MkdGpuIdleUnderJob", "mkd:gpu_job:uuid", "mkd_job:dcgm_gpu_utilization:ratio"}
+FIRING = {"MkdRetriesExhausted"}  # no `for`: it fires within seconds
 
 
 def free_port() -> int:
@@ -86,14 +141,17 @@ def free_port() -> int:
 class Prometheus:
     """A Prometheus server on 127.0.0.1 with a config of our own, stopped by its pid."""
 
-    def __init__(self, root: Path, target: str, token: str) -> None:
+    def __init__(self, root: Path, target: str, token: str, dcgm_target: str) -> None:
         self.root = root
         self.port = free_port()
         self.log = root / "prometheus.log"
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "mkd", "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [
+                {"job_name": "mkd", "static_configs": [{"targets": [target]}]},
+                {"job_name": "dcgm", "static_configs": [{"targets": [dcgm_target]}]},
+            ],
         }
         (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         with open(self.log, "wb") as log:
@@ -148,6 +206,33 @@ class Prometheus:
             raise
 
 
+class _DcgmHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = DCGM_TEXT.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """quiet"""
+
+
+@contextlib.contextmanager
+def dcgm_exporter() -> Iterator[str]:
+    """A dcgm-exporter-shaped target on a free port: its address."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DcgmHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @dataclass
 class Scenario:
     home: Home
@@ -159,20 +244,24 @@ class Scenario:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     root = tmp_path_factory.mktemp("prometheus-e2e")
     home = Home(root, new_token())
+    stack = contextlib.ExitStack()
     prom_token = new_token()
     state = root / "nvml.state"
     try:
         home.start(env=nvml_env(build_fake_nvml(), {**GPUS, "STATE_FILE": state}))
         home.drop("walk.toml", WALK)
         home.drop("diverge.toml", DIVERGE)
+        home.drop("tested.toml", TESTED)
         instance = f"127.0.0.1:{home.metrics_port()}"
-        prom = Prometheus(root, instance, prom_token)  # started early: its first scrape takes ~5 s
+        dcgm = stack.enter_context(dcgm_exporter())
+        prom = Prometheus(root, instance, prom_token, dcgm)  # started early: its first scrape takes ~5 s
         try:
             home.wait_state("walk", "running")
             pid = wait_for(lambda: home.child_pid("walk"), 10, "walk's pid")
             # walk's process uses 3000 MiB of GPU 1; a process no job owns, 500 MiB
             write_state_file(state, {"PROCS_1": f"{pid}:3000,999999:500"})
             home.wait_state("diverge", "failed")
+            home.wait_state("tested", "succeeded", timeout=60)
             wait_for(prom.ready, 30, 'up{job="mkd"} == 1 in Prometheus')
             yield Scenario(home, prom, instance)
         finally:
@@ -181,6 +270,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         assert home.proc is not None
         home.proc.wait(30)
     finally:
+        stack.close()
         leaked = home.cleanup() + kill_leaked(prom_token)
     assert not leaked, f"processes left behind: {leaked}"
 
@@ -206,6 +296,13 @@ def test_gpu_series_arrive_with_nvml_values(scenario: Scenario) -> None:
     assert (held["metric"]["gpu"], held["metric"]["job_id"]) == ("1", "walk")
     eventually(prom, 'mkd_gpu_process_memory_bytes{gpu="1", job_id="walk"}', 3000 * MIB)
     eventually(prom, 'mkd_gpu_process_memory_bytes{gpu="1", job_id=""}', 500 * MIB)
+    assert prom.value('mkd_gpu_clocks_event_active{gpu="1", reason="sw_power_cap"}') == 1
+    assert prom.value('mkd_gpu_clocks_event_active{gpu="0", reason="sw_power_cap"}') == 0
+    assert prom.value('mkd_gpu_xid_errors_total{gpu="1"}') == 1 and prom.value('mkd_gpu_last_xid{gpu="1"}') == 79
+    assert prom.value('mkd_gpu_ecc_errors_total{gpu="1", type="corrected"}') == 2
+    assert prom.value('mkd_gpu_energy_joules_total{gpu="0"}') == 3600
+    # the process collector's series come with mkd's (appended, gzipped as a second member)
+    assert (prom.value('process_resident_memory_bytes{job="mkd"}') or 0) > 0
 
 
 def test_job_series_arrive(scenario: Scenario) -> None:
@@ -215,14 +312,57 @@ def test_job_series_arrive(scenario: Scenario) -> None:
     eventually(prom, 'mkd_jobs{state="running"}', 1)
     eventually(prom, 'mkd_jobs{state="failed"}', 1)
     eventually(prom, 'mkd_failures_total{class="nan_divergence"}', 1)
+    assert prom.value('mkd_failures_total{class="cuda_oom"}') == 0  # every class from the start
+    assert prom.value('mkd_internal_errors_total{step="observe"}') == 0
+    assert (prom.value("mkd_tick_duration_seconds_count") or 0) > 0
     eventually(prom, 'mkd_job_info{job_id="walk", state="running", stage="1-train", devices="cuda:1"}', 1)
     eventually(prom, 'mkd_job_info{job_id="diverge", state="failed"}', 1)
     first = prom.value('mkd_job_iteration{job_id="walk"}')
     assert first is not None
     wait_for(lambda: (prom.value('mkd_job_iteration{job_id="walk"}') or 0) > first, 10, "walk's iteration to grow")
-    assert (prom.value('mkd_job_samples{job_id="walk"}') or 0) > 0
+    assert (prom.value('mkd_job_samples_total{job_id="walk"}') or 0) > 0
+    assert (prom.value('rate(mkd_job_samples_total{job_id="walk"}[10s])') or 0) > 0
     assert (prom.value('mkd_job_samples_per_second{job_id="walk"}') or 0) > 0
+    assert (prom.value('time() - mkd_job_last_progress_timestamp_seconds{job_id="walk"}') or 99) < 30
     assert math.isnan(prom.value('mkd_job_loss{job_id="diverge", name="Critic_Loss"}') or 0)
+    assert math.isnan(prom.value('mkd_job_train_stat{job_id="diverge", name="Imp_Ratio"}') or 0)
+    assert {s["metric"]["name"] for s in prom.query('mkd_job_loss{job_id="walk"}')} == {
+        "Critic_Loss",
+        "Actor_Loss",
+        "Action_Bound_Loss",
+    }
+
+
+def test_a_finished_jobs_results_and_training_series_stay(scenario: Scenario) -> None:
+    prom = scenario.prom
+    eventually(prom, 'mkd_job_info{job_id="tested", state="succeeded"}', 1)
+    assert prom.value('mkd_job_test_stage_episodes{job_id="tested"}') == 4
+    assert prom.value('mkd_job_test_stage_mean_return{job_id="tested"}') is not None
+    assert prom.value('mkd_job_test_stage_mean_episode_length{job_id="tested"}') is not None
+    # the train stage's figures, though the job's last attempt (the test) printed no table
+    assert (prom.value('mkd_job_iteration{job_id="tested"}') or 0) > 0
+    assert (prom.value('mkd_job_samples_total{job_id="tested"}') or 0) >= 4096
+    assert prom.value('mkd_job_running{job_id="tested"}') == 0
+
+
+def test_the_dcgm_join_labels_dcgm_series_with_the_job(scenario: Scenario) -> None:
+    prom = scenario.prom
+    (joined,) = prom.query("mkd_job:dcgm_gpu_utilization:ratio")
+    assert joined["metric"]["job_id"] == "walk" and joined["metric"]["UUID"] == UUIDS[1]
+    assert joined["metric"]["modelName"] == "NVIDIA H100 80GB HBM3" and joined["metric"]["Hostname"] == "gpu-host"
+    assert float(joined["value"][1]) == 0.06
+    power = prom.query("mkd:gpu_job:uuid * on (UUID) group_left (modelName, Hostname) DCGM_FI_DEV_POWER_USAGE")
+    assert [(s["metric"]["job_id"], float(s["value"][1])) for s in power] == [("walk", 95.25)]
+    # mkd's job next to dcgm-exporter's own hpc_job label (the mapping files): the same job
+    assert prom.query('DCGM_FI_DEV_GPU_UTIL{hpc_job="walk"}')[0]["metric"]["UUID"] == joined["metric"]["UUID"]
+
+
+def test_nan_alert_is_quiet_once_the_job_stopped(scenario: Scenario) -> None:
+    # diverge's NaN losses stay exported (retention) but mkd stopped it: no MkdLossNaN
+    prom = scenario.prom
+    assert prom.query('mkd_job_loss{job_id="diverge"} != mkd_job_loss{job_id="diverge"}')
+    alerts = prom.api("alerts")["data"]["alerts"]
+    assert not [a for a in alerts if a["labels"]["alertname"] == "MkdLossNaN"]
 
 
 # --- the dashboard -----------------------------------------------------------------------------
@@ -241,7 +381,7 @@ def dashboard_targets() -> list[tuple[str, str, str]]:
 def substitute(expr: str, scenario: Scenario) -> str:
     values = {
         "instance": scenario.instance,
-        "job_id": "walk",
+        "job_id": "walk|tested",
         "gpu": "1",
         "__rate_interval": "1m",
         "__interval": "15s",
@@ -282,7 +422,7 @@ def test_dashboard_variables_find_the_jobs_and_gpus(scenario: Scenario) -> None:
         assert match, variable["query"]
         result = scenario.prom.query(substitute(match.group(1), scenario))
         found[variable["name"]] = {s["metric"].get(match.group(2)) for s in result}
-    assert found == {"instance": {scenario.instance}, "job_id": {"walk", "diverge"}, "gpu": {"0", "1"}}
+    assert found == {"instance": {scenario.instance}, "job_id": {"walk", "diverge", "tested"}, "gpu": {"0", "1"}}
 
 
 # --- the rules ---------------------------------------------------------------------------------
@@ -318,12 +458,12 @@ def test_rules_evaluate_without_errors_and_provoked_alerts_fire(scenario: Scenar
     wait_for(lambda: firing() >= FIRING, 10, f"{FIRING} to fire (firing: {firing()})")
     alerts = prom.api("alerts")["data"]["alerts"]
     by_name = {a["labels"]["alertname"]: a for a in alerts}
-    assert by_name["MkdLossNaN"]["annotations"]["summary"].startswith("job diverge: ")
     assert by_name["MkdRetriesExhausted"]["labels"]["job_id"] == "diverge"
+    assert by_name["MkdRetriesExhausted"]["annotations"]["runbook_url"] == "README.md#mkdretriesexhausted"
     assert by_name["MkdGpuIdleUnderJob"]["state"] == "pending"  # for: 10m
     assert by_name["MkdGpuIdleUnderJob"]["labels"]["gpu"] == "1"
     loaded = [r for g in prom.api("rules")["data"]["groups"] for r in g["rules"]]
-    assert {r["name"] for r in loaded} == {r["alert"] for r in rules()}
+    assert {r["name"] for r in loaded} == {r.get("alert") or r["record"] for r in rules()}
     assert [(r["name"], r.get("lastError")) for r in loaded if r["health"] != "ok"] == []
 
 
@@ -334,7 +474,7 @@ def test_unit_test_series_are_shaped_like_real_ones(scenario: Scenario) -> None:
     tests = yaml.safe_load(RULES_TEST.read_text())["tests"]
     for series in (s["series"] for t in tests for s in t["input_series"]):
         name, _, labels = series.partition("{")
-        if not (name.startswith("mkd_") or name == "up"):
+        if not (name.startswith(("mkd_", "DCGM_")) or name == "up"):
             continue
         if name not in real:
             real[name] = {frozenset(s["metric"]) for s in scenario.prom.query(name)}

@@ -115,10 +115,26 @@ def test_every_alert_has_severity_and_annotations_naming_what_it_is_about() -> N
             assert "$labels.gpu" in summary, f"{rule['alert']}: a GPU alert names the GPU"
 
 
-def test_every_alert_has_a_unit_test_where_it_fires() -> None:
+def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not() -> None:
     tests = yaml.safe_load(RULES_TEST.read_text())["tests"]
-    fired = {case["alertname"] for t in tests for case in t.get("alert_rule_test", []) if case["exp_alerts"]}
-    assert fired == {rule["alert"] for rule in alerts()}
+    cases = [case for t in tests for case in t.get("alert_rule_test", [])]
+    assert {case["alertname"] for case in cases if case["exp_alerts"]} == {rule["alert"] for rule in alerts()}
+    assert {case["alertname"] for case in cases if not case["exp_alerts"]} == {rule["alert"] for rule in alerts()}
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces as '-'."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_alert_links_the_readme_section_on_it() -> None:
+    anchors = github_anchors((REPO / "README.md").read_text())
+    for rule in alerts():
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == "README.md" and anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: README.md has no section #{anchor}"
 
 
 # --- the dashboard ---------------------------------------------------------------------------------
@@ -148,6 +164,64 @@ def generator() -> ModuleType:
     return module
 
 
+# Grafana's own TypeScript types of the dashboard JSON model, for the Grafana line the
+# dashboard targets; tsc checks the emitted JSON against them (no Grafana server is needed).
+SCHEMA_PACKAGES = ("@grafana/schema@11.6.16", "typescript@5.9.3")
+needs_npm = pytest.mark.skipif(shutil.which("npm") is None, reason="npm not installed (Debian packages: nodejs npm)")
+# JSON has no TypeScript enums: AsJson<T> takes each enum member as its string value, the rest as the schema says.
+SCHEMA_CHECK = """import type { Dashboard } from '@grafana/schema';
+type AsJson<T> = T extends string ? `${T}` : T extends (infer U)[] ? AsJson<U>[]
+  : T extends object ? { [K in keyof T]: AsJson<T[K]> } : T;
+export const dashboard = (%s) satisfies AsJson<Dashboard>;
+"""
+TSCONFIG = {
+    "compilerOptions": {"strict": True, "noEmit": True, "module": "esnext", "moduleResolution": "bundler",
+                        "target": "es2020", "skipLibCheck": True},
+    "files": ["dashboard.ts"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def grafana_schema() -> Path:
+    """A folder with @grafana/schema and tsc installed (once: build/grafana-schema)."""
+    folder = REPO / "build" / "grafana-schema"
+    stamp = folder / "installed"
+    if not stamp.exists() or stamp.read_text() != " ".join(SCHEMA_PACKAGES):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "package.json").write_text('{"private": true}\n')
+        done = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent", *SCHEMA_PACKAGES],
+            cwd=folder, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        stamp.write_text(" ".join(SCHEMA_PACKAGES))
+    return folder
+
+
+def check_against_schema(folder: Path, model_json: str) -> subprocess.CompletedProcess[str]:
+    (folder / "tsconfig.json").write_text(json.dumps(TSCONFIG))
+    (folder / "dashboard.ts").write_text(SCHEMA_CHECK % model_json)
+    tsc = folder / "node_modules" / ".bin" / "tsc"
+    return subprocess.run([str(tsc), "-p", str(folder)], capture_output=True, text=True, timeout=300, check=False)
+
+
+@needs_npm
+def test_dashboard_satisfies_grafanas_schema(grafana_schema: Path) -> None:
+    done = check_against_schema(grafana_schema, DASHBOARD.read_text())
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_npm
+def test_schema_check_catches_what_grafana_would_not_load(grafana_schema: Path) -> None:
+    model = dashboard()
+    model["panels"][1]["gridPos"]["h"] = "nine"
+    model["templating"]["list"][1]["definition"] = "label_values(up, instance)"
+    done = check_against_schema(grafana_schema, json.dumps(model))
+    assert done.returncode != 0
+    assert "'string' is not assignable to type 'number'" in done.stdout
+    assert "'\"definition\"' does not exist" in done.stdout
+
+
 def test_dashboard_json_is_what_the_generator_writes() -> None:
     assert DASHBOARD.read_text() == generator().render(), "run: python deploy/grafana/build_dashboard.py"
 
@@ -163,8 +237,7 @@ def test_dashboard_model() -> None:
     for name in VARIABLES:
         variable = variables[name]
         assert variable["type"] == "query" and variable["datasource"]["uid"] == "${datasource}"
-        assert re.fullmatch(rf"label_values\(mkd_\w+(\{{[^}}]*\}})?, {name}\)", variable["query"]["query"])
-        assert variable["definition"] == variable["query"]["query"]
+        assert re.fullmatch(rf"label_values\((mkd_\w+|up)(\{{[^}}]*\}})?, {name}\)", variable["query"]["query"])
         assert variable["multi"] and variable["includeAll"]
 
 
@@ -201,7 +274,7 @@ def test_panels_fit_the_grid_without_overlaps() -> None:
     for (a, ax0, ay0, ax1, ay1), (b, bx0, by0, bx1, by1) in itertools.combinations(boxes, 2):
         assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"{a!r} overlaps {b!r}"
     rows = [p for p in model["panels"] if p["type"] == "row"]
-    assert [r["title"] for r in rows] == ["Overview", "Job $job_id", "GPUs $gpu"]
+    assert [r["title"] for r in rows] == ["Overview", "Job $job_id", "GPUs $gpu", "Side by side with dcgm-exporter"]
     assert rows[1]["repeat"] == "job_id"
 
 

@@ -4,9 +4,10 @@
     python deploy/grafana/build_dashboard.py --check  # exit 1 if the committed JSON is stale
 
 Edit the panels here, not in the JSON.  Standard library only: the tests check the
-result (tests/test_promtool.py: the model's shape and layout; tests/test_prometheus_e2e.py:
-every query against a real Prometheus scraping a real daemon), which a typed builder
-library would not do for us.  Metric names: the docstring of mkd/metrics.py.
+result (tests/test_promtool.py: the model's shape and layout, and the JSON against Grafana's
+own TypeScript types, @grafana/schema 11.6, with tsc; tests/test_prometheus_e2e.py: every
+query against a real Prometheus scraping a real daemon and a dcgm-exporter-shaped target).
+Metric names: the docstring of mkd/metrics.py.
 """
 
 from __future__ import annotations
@@ -206,10 +207,16 @@ def overview() -> list[Json]:
     return [
         stat(
             "Daemon",
-            "1 while mkd answers scrapes (mkd_up).",
-            [t(f"mkd_up{{{I}}}", "{{instance}}")],
+            'Whether Prometheus can scrape mkd (up{job="mkd"}), and its version (mkd_build_info).',
+            [
+                t(
+                    f'up{{job="mkd", {I}}} * on (instance) group_left (version) mkd_build_info{{{I}}}',
+                    "{{instance}} mkd {{version}}",
+                )
+            ],
             mappings=up_down(0, 1),
             no_value="down",
+            text_mode="value_and_name",
         ),
         stat(
             "NVML",
@@ -221,7 +228,7 @@ def overview() -> list[Json]:
         stat(
             "Running jobs",
             "Jobs starting or running.",
-            [t(f'sum(mkd_jobs{{{I}, state=~"starting|running"}})')],
+            [t(f'sum(mkd_jobs{{{I}, state="running"}})')],
         ),
         stat(
             "Attempts, last hour",
@@ -258,8 +265,31 @@ def overview() -> list[Json]:
                 t(f"60 * sum by (class) (rate(mkd_failures_total{{{I}}}[$__rate_interval]))", "failed: {{class}}"),
                 t(f"60 * sum(rate(mkd_rejected_files_total{{{I}}}[$__rate_interval]))", "rejected files"),
                 t(f"60 * sum(rate(mkd_intake_errors_total{{{I}}}[$__rate_interval]))", "intake errors"),
+                t(
+                    f"60 * sum by (step) (rate(mkd_internal_errors_total{{{I}}}[$__rate_interval]))",
+                    "internal errors: {{step}}",
+                ),
             ],
             size=(16, 8),
+            minimum=0,
+        ),
+        timeseries(
+            "Loop tick duration",
+            "How long the daemon's loop ticks take (mkd_tick_duration_seconds): median and 99th percentile.",
+            [
+                t(
+                    f"histogram_quantile(0.5, sum by (instance, le) "
+                    f"(rate(mkd_tick_duration_seconds_bucket{{{I}}}[$__rate_interval])))",
+                    "p50 {{instance}}",
+                ),
+                t(
+                    f"histogram_quantile(0.99, sum by (instance, le) "
+                    f"(rate(mkd_tick_duration_seconds_bucket{{{I}}}[$__rate_interval])))",
+                    "p99 {{instance}}",
+                ),
+            ],
+            "s",
+            (WIDTH, 6),
             minimum=0,
         ),
         table(
@@ -270,13 +300,17 @@ def overview() -> list[Json]:
                 t(f"mkd_job_attempt{{{I}}}", instant=True, table=True),
                 t(f"mkd_job_iteration{{{I}}}", instant=True, table=True),
                 t(f"mkd_job_samples_per_second{{{I}}}", instant=True, table=True),
-                t(f"mkd_job_seconds_since_progress{{{I}}}", instant=True, table=True),
+                t(f"time() - mkd_job_last_progress_timestamp_seconds{{{I}}}", instant=True, table=True),
+                t(f"mkd_job_test_stage_mean_return{{{I}}}", instant=True, table=True),
+                t(f"mkd_job_test_stage_episodes{{{I}}}", instant=True, table=True),
             ],
             renames={
                 "Value #B": "attempt",
                 "Value #C": "iteration",
                 "Value #D": "samples/s",
                 "Value #E": "since progress",
+                "Value #F": "test stage: mean return",
+                "Value #G": "test stage: episodes",
             },
             units={"since progress": "s"},
         ),
@@ -331,26 +365,40 @@ def per_job() -> list[Json]:
             "Seconds since progress",
             f"Seconds since MimicKit printed a new iteration. mkd stops a run at the job's stall_timeout "
             f"(default {STALL_SECONDS} s, the dashed line).",
-            [t(f"mkd_job_seconds_since_progress{{{JOB}}}", "since progress")],
+            [t(f"time() - mkd_job_last_progress_timestamp_seconds{{{JOB}}}", "since progress")],
             "s",
-            (12, 5),
+            (6, 5),
             minimum=0,
             threshold=STALL_SECONDS,
+        ),
+        stat(
+            "Test stage result",
+            "The last test stage's result: MimicKit's Mean Return, Mean Episode Length and the Episodes it ran.",
+            [
+                t(f"mkd_job_test_stage_mean_return{{{JOB}}}", "mean return"),
+                t(f"mkd_job_test_stage_mean_episode_length{{{JOB}}}", "mean episode length"),
+                t(f"mkd_job_test_stage_episodes{{{JOB}}}", "episodes"),
+            ],
+            size=(6, 5),
+            text_mode="value_and_name",
+            no_value="no test stage yet",
         ),
         timeseries(
             "Progress",
             "Iteration (left) and samples stitched across attempts (right).",
-            [t(f"mkd_job_iteration{{{JOB}}}", "iteration"), t(f"mkd_job_samples{{{JOB}}}", "samples")],
+            [t(f"mkd_job_iteration{{{JOB}}}", "iteration"), t(f"mkd_job_samples_total{{{JOB}}}", "samples")],
             size=(6, 8),
             minimum=0,
             overrides=[by_ref("B", **{"custom.axisPlacement": "right"})],
         ),
         timeseries(
             "Throughput",
-            "Samples per second, and their median over the attempt (dashed).",
+            "Samples per second between MimicKit's iterations (its Wall_Time), their median over the attempt "
+            "(dashed), and Prometheus's rate of mkd_job_samples_total.",
             [
                 t(f"mkd_job_samples_per_second{{{JOB}}}", "samples/s"),
                 t(f"mkd_job_median_samples_per_second{{{JOB}}}", "median"),
+                t(f"rate(mkd_job_samples_total{{{JOB}}}[$__rate_interval])", "rate"),
             ],
             size=(6, 8),
             minimum=0,
@@ -374,13 +422,19 @@ def per_job() -> list[Json]:
             size=(6, 8),
         ),
         timeseries(
+            "Optimizer statistics",
+            "MimicKit's other per-iteration columns: Clip_Frac, Imp_Ratio, Adv_Mean/Std, Obs_Norm_Mean/Std.",
+            [t(f"mkd_job_train_stat{{{JOB}}}", "{{name}}")],
+            size=(12, 6),
+        ),
+        timeseries(
             "Episode length",
             "Train_Episode_Length and Test_Episode_Length.",
             [
                 t(f"mkd_job_train_episode_length{{{JOB}}}", "train"),
                 t(f"mkd_job_test_episode_length{{{JOB}}}", "test"),
             ],
-            size=(12, 6),
+            size=(6, 6),
             minimum=0,
         ),
         timeseries(
@@ -388,7 +442,7 @@ def per_job() -> list[Json]:
             "MimicKit's Wall_Time of the current attempt.",
             [t(f"mkd_job_wall_time_seconds{{{JOB}}}", "wall time")],
             "s",
-            (12, 6),
+            (6, 6),
             minimum=0,
         ),
     ]
@@ -451,6 +505,61 @@ def per_gpu() -> list[Json]:
             "hertz",
             minimum=0,
         ),
+        timeseries(
+            "Clock event reasons",
+            "Why the clocks are held down now (NVML clocks event reasons, DCGM_FI_DEV_CLOCKS_EVENT_REASONS): "
+            "one line per active reason; sw_power_cap and the *_slowdown ones cost throughput.",
+            [t(f"mkd_gpu_clocks_event_active{{{GPU}}} == 1", legend + ": {{reason}}")],
+            minimum=0,
+            maximum=1,
+        ),
+        timeseries(
+            "Energy (average power)",
+            "The rate of NVML's energy counter (mkd_gpu_energy_joules_total, DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION).",
+            [t(f"rate(mkd_gpu_energy_joules_total{{{GPU}}}[$__rate_interval])", legend)],
+            "watt",
+            minimum=0,
+        ),
+        timeseries(
+            "XID and ECC errors, last hour",
+            "XID errors NVML reported (by XID) and ECC errors (volatile counts), in the last hour.",
+            [
+                t(f"increase(mkd_gpu_xid_errors_total{{{GPU}}}[1h])", legend + ": XID errors"),
+                t(f"increase(mkd_gpu_ecc_errors_total{{{GPU}}}[1h])", legend + ": ECC {{type}}"),
+                t(f"mkd_gpu_last_xid{{{GPU}}} > 0", legend + ": last XID (value)"),
+            ],
+            minimum=0,
+        ),
+    ]
+
+
+def dcgm() -> list[Json]:
+    """mkd's jobs on dcgm-exporter's series: the join is the recording rule mkd:gpu_job:uuid."""
+    t = target
+    return [
+        timeseries(
+            "GPU utilization by job (dcgm-exporter)",
+            "dcgm-exporter's DCGM_FI_DEV_GPU_UTIL of each GPU a job holds, joined on the GPU's UUID "
+            "(recording rule mkd_job:dcgm_gpu_utilization:ratio). Empty without a dcgm-exporter scrape.",
+            [t(f"mkd_job:dcgm_gpu_utilization:ratio{{{JOB}}}", "{{job_id}} on GPU {{gpu}} ({{modelName}})")],
+            "percentunit",
+            (12, 8),
+            minimum=0,
+            maximum=1,
+        ),
+        timeseries(
+            "GPU power by job (dcgm-exporter)",
+            "dcgm-exporter's DCGM_FI_DEV_POWER_USAGE of each GPU a job holds, joined on UUID by mkd:gpu_job:uuid.",
+            [
+                t(
+                    f"mkd:gpu_job:uuid{{{JOB}}} * on (UUID) group_left (modelName, Hostname) DCGM_FI_DEV_POWER_USAGE",
+                    "{{job_id}} on GPU {{gpu}} ({{Hostname}})",
+                )
+            ],
+            "watt",
+            (12, 8),
+            minimum=0,
+        ),
     ]
 
 
@@ -494,7 +603,6 @@ def variable(name: str, label: str, query: str, *, all_value: str | None = None,
         "name": name,
         "label": label,
         "datasource": DS,
-        "definition": query,
         "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
         "refresh": 2,  # on time range change: jobs come and go
         "regex": "",
@@ -527,7 +635,7 @@ def templating() -> Json:
     return {
         "list": [
             datasource,
-            variable("instance", "mkd host", "label_values(mkd_up, instance)", all_value=".+"),
+            variable("instance", "mkd host", 'label_values(up{job="mkd"}, instance)', all_value=".+"),
             variable("job_id", "job", f"label_values(mkd_job_info{{{I}}}, job_id)"),
             variable("gpu", "GPU", f"label_values(mkd_gpu_info{{{I}}}, gpu)", all_value=".+", sort=3),
         ]
@@ -540,6 +648,7 @@ def build() -> Json:
             (row("Overview"), overview()),
             (row("Job $job_id", repeat="job_id"), per_job()),
             (row("GPUs $gpu"), per_gpu()),
+            (row("Side by side with dcgm-exporter"), dcgm()),
         ]
     )
     return {

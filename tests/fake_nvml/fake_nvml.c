@@ -26,6 +26,16 @@
  *   FAKE_NVML_SM_CLOCK_MHZ[_<i>]   SM / graphics clock (default 1980)
  *   FAKE_NVML_MEM_CLOCK_MHZ[_<i>]  memory clock (default 2619)
  *   FAKE_NVML_PROCS[_<i>]          compute processes "pid:usedMiB,pid:usedMiB"
+ *   FAKE_NVML_ENERGY_MJ[_<i>]      total energy since the driver loaded, millijoules (default 3600000)
+ *   FAKE_NVML_CLOCKS_EVENT_REASONS[_<i>]  clocks event (throttle) reason bit mask (default 0)
+ *   FAKE_NVML_CLOCKS_EVENT_API     "throttle": only the old nvmlDeviceGetCurrentClocksThrottleReasons
+ *                                  answers (drivers before R535); the new name is Not Supported
+ *   FAKE_NVML_ECC_CORRECTED[_<i>]  volatile (and aggregate) corrected ECC errors (default 0)
+ *   FAKE_NVML_ECC_UNCORRECTED[_<i>] uncorrected ones (default 0)
+ *   FAKE_NVML_XID[_<i>]            XID errors that happened on the GPU, in order ("79,31"): each one
+ *                                  is delivered once, as an nvmlEventTypeXidCriticalError event, to
+ *                                  an event set the GPU is registered with; append to raise more.
+ *                                  "ns": the GPU does not support XID events
  * Any numeric value may instead be "ns" (the query returns 3, Not Supported)
  * or "err:<code>" (the query returns <code>).
  *
@@ -79,6 +89,20 @@ typedef struct {
 typedef struct fake_dev { unsigned int index; } *nvmlDevice_t;
 static struct fake_dev devs[MAX_GPUS];
 static int init_count = 0;
+
+/* pynvml: c_nvmlEventData_t */
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType, eventData;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlEventData_t;
+#define XID_EVENT 0x8ULL /* nvmlEventTypeXidCriticalError */
+typedef struct fake_event_set {
+    unsigned long long types[MAX_GPUS]; /* registered event types per GPU */
+    int delivered[MAX_GPUS];            /* XIDs of FAKE_NVML_XID_<i> delivered so far */
+} *nvmlEventSet_t;
+static struct fake_event_set event_sets[4];
+static int event_sets_used[4];
 
 /* ---- lookups: state file over environment, per-index over plain ---- */
 
@@ -427,4 +451,117 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t h, unsigned in
     }
     *count = (unsigned)n;
     return NVML_SUCCESS;
+}
+
+/* ---- energy, clocks event reasons, ECC ---- */
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t h, unsigned long long *mj) {
+    nvmlReturn_t r = check(h, mj);
+    if (r) return r;
+    return number("ENERGY_MJ", (int)h->index, 3600000, mj);
+}
+
+static int old_clocks_api(void) {
+    char s[VALUE_LEN];
+    return value("CLOCKS_EVENT_API", -1, s, sizeof s) && strcmp(s, "throttle") == 0;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t h, unsigned long long *reasons) {
+    nvmlReturn_t r = check(h, reasons);
+    if (r) return r;
+    if (old_clocks_api()) return NVML_ERROR_NOT_SUPPORTED;
+    return number("CLOCKS_EVENT_REASONS", (int)h->index, 0, reasons);
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t h, unsigned long long *reasons) {
+    nvmlReturn_t r = check(h, reasons);
+    if (r) return r;
+    return number("CLOCKS_EVENT_REASONS", (int)h->index, 0, reasons);
+}
+
+/* errorType: 0 corrected, 1 uncorrected; counterType: 0 volatile, 1 aggregate (the same here) */
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t h, int errorType, int counterType, unsigned long long *count) {
+    nvmlReturn_t r = check(h, count);
+    if (r) return r;
+    if ((errorType != 0 && errorType != 1) || (counterType != 0 && counterType != 1)) return NVML_ERROR_INVALID_ARGUMENT;
+    return number(errorType == 0 ? "ECC_CORRECTED" : "ECC_UNCORRECTED", (int)h->index, 0, count);
+}
+
+/* ---- events: XID errors ---- */
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    if (!init_count) return NVML_ERROR_UNINITIALIZED;
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int k = 0; k < 4; k++) {
+        if (!event_sets_used[k]) {
+            event_sets_used[k] = 1;
+            memset(&event_sets[k], 0, sizeof event_sets[k]);
+            *set = &event_sets[k];
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_UNKNOWN;
+}
+
+static int valid_set(nvmlEventSet_t set) {
+    return set >= event_sets && set < event_sets + 4 && event_sets_used[set - event_sets];
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    if (!init_count) return NVML_ERROR_UNINITIALIZED;
+    if (!valid_set(set)) return NVML_ERROR_INVALID_ARGUMENT;
+    event_sets_used[set - event_sets] = 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t h, unsigned long long *types) {
+    nvmlReturn_t r = check(h, types);
+    if (r) return r;
+    char s[VALUE_LEN];
+    *types = value("XID", (int)h->index, s, sizeof s) && strcmp(s, "ns") == 0 ? 0 : XID_EVENT;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t h, unsigned long long types, nvmlEventSet_t set) {
+    nvmlReturn_t r = check(h, set);
+    if (r) return r;
+    if (!valid_set(set)) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long supported;
+    nvmlDeviceGetSupportedEventTypes(h, &supported);
+    if (types & ~supported) return NVML_ERROR_NOT_SUPPORTED;
+    set->types[h->index] |= types;
+    return NVML_SUCCESS;
+}
+
+/* The n-th XID of FAKE_NVML_XID_<i>, or -1 when there is none. */
+static long nth_xid(unsigned int i, int n) {
+    char s[VALUE_LEN];
+    if (!value("XID", (int)i, s, sizeof s) || strcmp(s, "ns") == 0) return -1;
+    int k = 0;
+    for (char *tok = strtok(s, ", "); tok; tok = strtok(NULL, ", "), k++)
+        if (k == n) return strtol(tok, NULL, 10);
+    return -1;
+}
+
+/* Delivers the next undelivered XID of any registered GPU; with none, NVML_ERROR_TIMEOUT (10) at
+ * once (the fake never waits: timeoutms only matters to a real GPU). */
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    (void)timeoutms;
+    if (!init_count) return NVML_ERROR_UNINITIALIZED;
+    if (!valid_set(set) || !data) return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned int i = 0; i < (unsigned)ngpus(); i++) {
+        if (!(set->types[i] & XID_EVENT)) continue;
+        long xid = nth_xid(i, set->delivered[i]);
+        if (xid < 0) continue;
+        set->delivered[i]++;
+        memset(data, 0, sizeof *data);
+        devs[i].index = i;
+        data->device = &devs[i];
+        data->eventType = XID_EVENT;
+        data->eventData = (unsigned long long)xid;
+        data->gpuInstanceId = 0xFFFFFFFFu;
+        data->computeInstanceId = 0xFFFFFFFFu;
+        return NVML_SUCCESS;
+    }
+    return 10; /* NVML_ERROR_TIMEOUT */
 }

@@ -10,7 +10,7 @@ mimickit_python = "$(command -v python3)"
 tick = "${TICK:-100ms}"
 $1
 [metrics]
-port = 9400
+port = 19400
 [gpu]
 sample_every = "2s"
 $2
@@ -34,7 +34,7 @@ wait_jobs() {  # wait_jobs DEADLINE_S JOB...
   done
   echo "TIMEOUT waiting for $*"; return 1
 }
-scrape() { python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9400/metrics',timeout=5).read().decode())" > "$1" 2>&1; }
+scrape() { python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:19400/metrics',timeout=5).read().decode())" > "$1" 2>&1; }
 smi_start() { nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used,memory.total,power.draw --format=csv > "$1"
   (while :; do nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used,memory.total,power.draw --format=csv,noheader >> "$1"; sleep 2; done) &
   SMI=$!; }
