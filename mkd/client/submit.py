@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mkd.admission import Admission, daemon_uid
 from mkd.config import DaemonConfig, Layout
-from mkd.fsutil import atomic_write
 from mkd.mirror import FOLDERS
 from mkd.store import Store
 
@@ -93,7 +92,7 @@ def submit_file(file: str, name: str | None, timeout: float, config: DaemonConfi
     if target.exists():
         print(f"mkd: {target} is already waiting in incoming; pick another --name", file=sys.stderr)
         return EXIT_INVALID
-    atomic_write(target, verdict.raw)  # written as a dotfile, then renamed in
+    inode = _drop(target, verdict.raw)
     print(f"submitted {source} as {target}")
     if timeout <= 0:
         return EXIT_OK
@@ -104,16 +103,28 @@ def submit_file(file: str, name: str | None, timeout: float, config: DaemonConfi
             file=sys.stderr,
         )
         return EXIT_OK
-    return wait_for_verdict(target, layout, timeout)
+    return wait_for_verdict(target, inode, layout, timeout)
 
 
-def wait_for_verdict(target: Path, layout: Layout, timeout: float) -> int:
-    """Follow the file (by inode: a rename keeps it) until it is queued or rejected."""
+def _drop(target: Path, raw: bytes) -> tuple[int, int]:
+    """Write `raw` as a dotfile beside `target` and rename it in; the file's (dev, inode), which
+    the daemon's renames keep (taken before the rename: the daemon may take the file at once)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    inode = (st.st_dev, st.st_ino) if st is not None else None
+        with open(tmp, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+            st = os.fstat(handle.fileno())
+        os.rename(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return st.st_dev, st.st_ino
+
+
+def wait_for_verdict(target: Path, inode: tuple[int, int], layout: Layout, timeout: float) -> int:
+    """Follow the file (by inode: a rename keeps it) until it is queued or rejected."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         here = _inode(target)
@@ -144,7 +155,7 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _find_rejected(layout: Layout, inode: tuple[int, int] | None) -> Path | None:
+def _find_rejected(layout: Layout, inode: tuple[int, int]) -> Path | None:
     """The .error beside our file in rejected/ (found by inode; its name may differ)."""
     try:
         entries = os.listdir(layout.rejected)
@@ -158,7 +169,7 @@ def _find_rejected(layout: Layout, inode: tuple[int, int] | None) -> Path | None
     return None
 
 
-def _find_queued(layout: Layout, inode: tuple[int, int] | None) -> str | None:
+def _find_queued(layout: Layout, inode: tuple[int, int]) -> str | None:
     """The job id of our file once the intake mirrored it (jobs/STATE/JOB_ID.toml, the same inode)."""
     for folder in FOLDERS:
         directory = layout.jobs_dir / folder
