@@ -151,6 +151,13 @@ class Admission:
             return _crashed(b"", shown, error)
         return self.judge_bytes(raw, name, signature)
 
+    def read(self, path: Path, name: str) -> bytes:
+        """The bytes `judge` would read (same checks, never blocking); raises on a file it refuses."""
+        try:
+            return self._read(path, display_name(name), copy=False)[0]
+        except _Refused as refused:
+            raise ValueError(refused.message) from None
+
     def judge_bytes(self, raw: bytes, name: str, signature: tuple[int, int] | None = None) -> Verdict:
         """The content and identity checks of bytes already read (and whose file passed `judge`)."""
         shown = display_name(name)

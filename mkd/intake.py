@@ -208,10 +208,14 @@ class Intake:
         try:
             if first is None:
                 return self.admission.judge(claimed, name)
-            with open(claimed, "rb") as handle:
-                raw = handle.read(self.config.intake.max_file_size + 1)
+            raw = self.admission.read(claimed, name)  # never blocks: a FIFO may have been renamed in
         except FileNotFoundError:
             return None
+        except Exception:  # not a regular file any more, or unreadable: the full verdict says why
+            try:
+                return self.admission.judge(claimed, name)
+            except FileNotFoundError:
+                return None
         return first if raw == first.raw else self.admission.judge_bytes(raw, name)
 
     def _still_stuck(self, name: str) -> bool:

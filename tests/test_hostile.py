@@ -9,18 +9,24 @@ var/claimed/TOKEN__NAME raised ENAMETOOLONG, and every restart died on the same 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mkd.admission import display_name
+from mkd.admission import Verdict, display_name
+from mkd.config import DaemonConfig, Layout
+from mkd.intake import Intake
+from mkd.store import Store
 from tests.harness import Home, wait_for
 
 JOB = '[workload]\nkind = "command"\nargv = ["true"]\n'
@@ -239,3 +245,89 @@ def test_a_file_that_cannot_be_set_aside_is_left_alone_not_retried_every_tick(ho
     home.drop("bad.toml", BAD + "# changed\n")  # a new file: tried again
     wait_for((rejected / "bad.toml.error").is_file, 10, "bad.toml set aside once it could be")
     assert home.stop(signal.SIGTERM) == 0
+
+
+# --- the same principle, step by step, in-process ------------------------------------------------
+
+
+@pytest.fixture
+def intake(tmp_path: Path) -> Iterator[Intake]:
+    config = DaemonConfig()
+    layout = Layout(config, tmp_path)
+    layout.create()
+    found = Intake(config, layout, Store.open(layout.db))
+    yield found
+    found.store.close()
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int) -> Iterator[None]:
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_renamed_over_the_file_between_check_and_claim_does_not_block(intake: Intake, tmp_path: Path) -> None:
+    path = intake.layout.incoming / "swap.toml"
+    path.write_text(JOB)
+    real = intake.admission.judge
+
+    def judge_then_swap(judged: Path, name: str, **kwargs: bool) -> Verdict:
+        verdict = real(judged, name, **kwargs)
+        if judged == path:
+            os.mkfifo(tmp_path / "fifo")
+            os.rename(tmp_path / "fifo", path)
+        return verdict
+
+    intake.admission.judge = judge_then_swap  # type: ignore[method-assign]
+    (intake.layout.incoming / "next.toml").write_text(JOB)
+    with no_hang(5):
+        result = intake.scan(0.0)
+    assert result.rejected == ["swap.toml"] and result.accepted == ["next"]
+    assert "is not a regular file" in (intake.layout.rejected / "swap.toml.error").read_text()
+    assert stat.S_ISFIFO(os.lstat(intake.layout.rejected / "swap.toml").st_mode)
+
+
+@pytest.mark.parametrize("errno_", [errno.ENAMETOOLONG, errno.EIO, errno.EXDEV])
+def test_any_error_of_the_claim_sets_the_file_aside(
+    intake: Intake, monkeypatch: pytest.MonkeyPatch, errno_: int
+) -> None:
+    real = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if "claimed" in str(dst) and "doomed" in str(src):
+            raise OSError(errno_, os.strerror(errno_))
+        real(src, dst)
+
+    monkeypatch.setattr("mkd.intake.os.rename", rename)
+    (intake.layout.incoming / "doomed.toml").write_text(JOB)
+    (intake.layout.incoming / "fine.toml").write_text(JOB)
+    result = intake.scan(0.0)
+    assert result.rejected == ["doomed.toml"] and result.accepted == ["fine"]
+    text = (intake.layout.rejected / "doomed.toml.error").read_text()
+    assert f"doomed.toml: mkd could not take this file (OSError: [Errno {errno_}]" in text
+    assert intake.store.counters()["intake_errors_total"] == 1
+
+
+def test_an_unreadable_file_is_set_aside(intake: Intake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode 000 as a user other than root (root reads it anyway): the open raises EACCES."""
+    real = os.open
+
+    def deny(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith("locked.toml"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, *args)
+
+    monkeypatch.setattr("mkd.admission.os.open", deny)
+    (intake.layout.incoming / "locked.toml").write_text(JOB)
+    assert intake.scan(0.0).rejected == ["locked.toml"]
+    assert "locked.toml: mkd cannot read it (Permission denied); make it readable" in (
+        (intake.layout.rejected / "locked.toml.error").read_text()
+    )
