@@ -26,7 +26,12 @@ EXIT_NO_VERDICT = 4
 
 def admission_for(config: DaemonConfig, layout: Layout) -> tuple[Admission, Store | None]:
     """The daemon's Admission as seen from the CLI: its store (read-only, for live names) and uid."""
-    store = Store.open(layout.db, readonly=True) if layout.db.exists() else None
+    store: Store | None = None
+    if layout.db.exists():
+        try:
+            store = Store.open(layout.db, readonly=True)
+        except Exception as error:  # a store this user may not read: no live-name check, say so
+            print(f"mkd: cannot read the store ({error}); live job names are not checked", file=sys.stderr)
     return Admission(config, layout, store, uid=daemon_uid(layout)), store
 
 
