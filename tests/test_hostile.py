@@ -196,6 +196,10 @@ def test_hostile_files_never_stop_the_daemon(home: Home, tmp_path: Path) -> None
     assert (rejected / "folder.toml" / "inside.toml").exists()
     assert (tmp_path / "adir").is_dir(), "a link's target is untouched"
 
+    for name, says in (("fifo", "is not a regular file"), ("a" * 240, "over the 128-byte limit")):
+        status = home.mkd("status", name)  # a rejected file is no job: status points at its .error
+        assert status.returncode == 1 and "rejected at intake" in status.stdout and says in status.stdout, status
+
     home.drop("after.toml", '[workload]\nkind = "command"\nargv = ["sh", "-c", "echo still here"]\n')
     home.wait_state("after", "succeeded")
     assert home.proc.poll() is None and home.proc.pid == pid and _daemon_pid(home) == pid, "the daemon restarted"

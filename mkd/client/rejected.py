@@ -23,9 +23,23 @@ def find_error(layout: Layout, name: str) -> Path | None:
     except OSError:
         return None
     found = [layout.rejected / e for e in entries if pattern.fullmatch(e)]
+    if not found:  # kept under a safe name: its .error's first line gives the file's own name
+        own = (f"(its own name: {stem}.toml)", f"(its own name: {name})")
+        found = [
+            layout.rejected / e for e in entries if e.endswith(".error") and _first_line_has(layout.rejected / e, own)
+        ]
     if not found:
         return None
     return max(found, key=lambda p: p.stat().st_mtime_ns if p.exists() else 0)
+
+
+def _first_line_has(path: Path, needles: tuple[str, ...]) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline(4096)
+    except OSError:
+        return False
+    return any(first.rstrip("\n").endswith(n) for n in needles)
 
 
 def show_rejected(layout: Layout, name: str, *, as_json: bool) -> int | None:
