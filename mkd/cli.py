@@ -100,47 +100,29 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
 
 
 def cmd_validate(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.jobfile import JobFileError, load_job_file
+    from mkd.client.submit import validate_files
 
-    status = 0
-    for name in args.files:
-        try:
-            load_job_file(Path(name))
-        except JobFileError as error:
-            sys.stdout.write(error.render())
-            status = EXIT_INVALID
-        except OSError as error:
-            print(f"{name}: cannot read: {error.strerror}")
-            status = EXIT_INVALID
-        else:
-            print(f"{name}: ok")
-    return status
+    return validate_files(args.files, config, layout)
 
 
 def cmd_submit(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.jobfile import JobFileError, load_job_file
+    from mkd.client.submit import submit_file
 
-    source = Path(args.file)
-    try:
-        spec = load_job_file(source)
-    except JobFileError as error:
-        sys.stdout.write(error.render())
-        return EXIT_INVALID
-    name = args.name or spec.job.name or source.stem
-    layout.incoming.mkdir(parents=True, exist_ok=True)
-    target = layout.incoming / f"{name}.toml"
-    if target.exists():
-        print(f"mkd: {target} is already waiting in incoming; pick another --name", file=sys.stderr)
-        return EXIT_INVALID
-    atomic_write(target, source.read_bytes())  # written as a dotfile, then renamed in
-    print(f"submitted {source} as {target}")
-    return 0
+    return submit_file(args.file, args.name, args.timeout, config, layout)
 
 
 def cmd_status(args: argparse.Namespace, layout: Layout) -> int:
     from mkd.client import status_view
 
     store = _open_store(layout)
+    if args.job and (store is None or store.find_job(args.job) is None):
+        from mkd.client.rejected import show_rejected
+
+        rejected = show_rejected(layout, args.job, as_json=args.json)
+        if rejected is not None:
+            if store is not None:
+                store.close()
+            return rejected
     if store is None:
         print("no jobs yet" if not args.json else "[]")
         return 0
@@ -264,10 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
         return cmd
 
     add("run", cmd_run, "run the daemon in the foreground (SIGTERM: exit, runs keep going; twice: at once)")
-    cmd = add("submit", cmd_submit, "validate a job file, then drop it atomically into jobs/incoming")
+    cmd = add(
+        "submit",
+        cmd_submit,
+        "check a job file as the daemon does, drop it atomically into jobs/incoming, then wait for the daemon's "
+        "verdict: the job id (exit 0), or the .error text (exit 1); exit 4 if none came in time",
+    )
     cmd.add_argument("file")
     cmd.add_argument("--name", help="file name in incoming (default: [job] name or the file's name)")
-    cmd = add("validate", cmd_validate, "check job files; print every problem with its line; exit 1 if any")
+    cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the daemon's verdict (0: do not wait)",
+    )
+    cmd = add(
+        "validate",
+        cmd_validate,
+        "check job files as the daemon would take them from jobs/incoming (schema, owner, allowed roots, file name, "
+        "live name clash, the files a job names); print every problem with its line; exit 1 if any",
+    )
     cmd.add_argument("files", nargs="+")
     cmd = add("status", cmd_status, "table of jobs (or one job with its timeline)", layout_only=True)
     cmd.add_argument("job", nargs="?")

@@ -10,13 +10,17 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 from importlib import resources
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from mkd import limits
+from mkd.bounded import DURATION_TEXT, SIZE_TEXT, duration, size, within
 from mkd.layout import Layout as Layout  # where it lives now; imported from here by most modules
 from mkd.spec import Frozen, Retry, Watch
-from mkd.units import ByteSize, Duration
+
+Id = Annotated[int, within(limits.ID)]
+GpuMemory = Annotated[int, size(limits.GPU_MEMORY), SIZE_TEXT]
 
 RUNBOOK_NCCL = {
     "NCCL_P2P_DISABLE": "1",
@@ -33,10 +37,10 @@ class Paths(Frozen):
 
 
 class IntakeConfig(Frozen):
-    max_file_size: ByteSize = 256 * 1024
-    settle: Duration = timedelta(seconds=2)
-    allowed_uids: list[int] | None = Field(None, description="Owners allowed to submit; default: mkd's user and root.")
-    allowed_gids: list[int] = Field(default_factory=list, description="Owner groups also allowed to submit.")
+    max_file_size: Annotated[int, size(limits.MAX_FILE_SIZE), SIZE_TEXT] = 256 * 1024
+    settle: Annotated[timedelta, duration(limits.SETTLE), DURATION_TEXT] = timedelta(seconds=2)
+    allowed_uids: list[Id] | None = Field(None, description="Owners allowed to submit; default: mkd's user and root.")
+    allowed_gids: list[Id] = Field(default_factory=list, description="Owner groups also allowed to submit.")
     allowed_roots: list[str] = Field(
         default_factory=list, description="Where a job's mimickit_dir / cwd may be; empty: anywhere readable."
     )
@@ -45,15 +49,15 @@ class IntakeConfig(Frozen):
 class MetricsConfig(Frozen):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(19400, ge=0, le=65535)  # outside 9100-9999, the exporters' range (dcgm-exporter: 9400)
-    retention: Duration = timedelta(hours=1)
+    port: Annotated[int, within(limits.PORT)] = 19400  # outside 9100-9999, the exporters' range (dcgm-exporter: 9400)
+    retention: Annotated[timedelta, duration(limits.RETENTION), DURATION_TEXT] = timedelta(hours=1)
     hpc_job_mapping_dir: str | None = None
 
 
 class GpuConfig(Frozen):
-    sample_every: Duration = timedelta(seconds=5)
-    busy_memory: ByteSize = 2 * 2**30
-    memory_freed_below: ByteSize = 1 * 2**30
+    sample_every: Annotated[timedelta, duration(limits.SAMPLE_EVERY), DURATION_TEXT] = timedelta(seconds=5)
+    busy_memory: GpuMemory = 2 * 2**30
+    memory_freed_below: GpuMemory = 1 * 2**30
 
 
 class DaemonConfig(Frozen):
@@ -61,8 +65,9 @@ class DaemonConfig(Frozen):
     mimickit_dir: str = "."
     mimickit_python: str = Field(default_factory=lambda: sys.executable)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    tick: Duration = timedelta(seconds=2)  # runs are watched at this pace; events wake the loop sooner
-    max_running: int = Field(64, ge=1)
+    # runs are watched at this pace; events wake the loop sooner
+    tick: Annotated[timedelta, duration(limits.TICK), DURATION_TEXT] = timedelta(seconds=2)
+    max_running: Annotated[int, within(limits.MAX_RUNNING)] = 64
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
@@ -70,8 +75,8 @@ class DaemonConfig(Frozen):
     base_env: dict[str, str] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
     watch: Watch = Field(default_factory=Watch)
-    console_log_max: ByteSize = 64 * 2**20
-    console_log_backups: int = Field(3, ge=0)
+    console_log_max: Annotated[int, size(limits.CONSOLE_LOG_MAX), SIZE_TEXT] = 64 * 2**20
+    console_log_backups: Annotated[int, within(limits.CONSOLE_LOG_BACKUPS)] = 3
 
     @model_validator(mode="after")
     def _preset_names(self) -> DaemonConfig:

@@ -12,6 +12,12 @@ Submission rule for scripts: write the file elsewhere (or as a dotfile / `*.tmp`
 incoming) and rename it to `NAME.toml`. A file written in place is taken as soon as it
 is a valid job; an invalid one is rejected only after it stayed unchanged for
 `intake.settle`, so a slow writer is not rejected halfway.
+
+Whether a file is accepted is mkd.admission's decision (the same for `mkd validate` and
+`mkd submit`). Whatever goes wrong while taking one file (its name, its type, reading it,
+checking it, claiming it, writing its `.error`) sets that one file aside in `jobs/rejected/`
+under a safe name and the loop goes on: one file must never stop the daemon, which under
+systemd would restart into the same file and die again.
 """
 
 from __future__ import annotations
@@ -19,19 +25,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkd.admission import Admission, Verdict, display_name, safe_name
 from mkd.config import DaemonConfig, Layout
 from mkd.fsutil import atomic_write, free_name
-from mkd.jobfile import JobFileError, Problem, load_job_bytes
-from mkd.mimickit.agent_check import check_agent_overrides
-from mkd.mimickit.checkout_files import checkout_problems
 from mkd.mirror import place_job_file
-from mkd.spec import JOB_NAME, CommandWorkload, JobSpec
 from mkd.states import JobState
 from mkd.store import Store
 
@@ -45,12 +47,6 @@ def is_candidate(name: str) -> bool:
     if name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
         return False
     return name.endswith(".toml")
-
-
-class Rejection(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass
@@ -70,21 +66,21 @@ class Intake:
         wall: Callable[[], float] = time.time,
         on_accepted: Callable[[str], None] | None = None,
     ) -> None:
-        self.config = config
         self.layout = layout
         self.store = store
         self.wall = wall
         self.on_accepted = on_accepted
+        self.admission = Admission(config, layout, store)
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+        self._stuck: dict[str, tuple[int, int]] = {}  # files that could not even be moved aside: (dev, ino)
 
     @property
-    def _uids(self) -> set[int]:
-        uids = self.config.intake.allowed_uids
-        return set(uids) if uids is not None else {os.getuid(), 0}
+    def config(self) -> DaemonConfig:
+        return self.admission.config
 
-    @property
-    def _gids(self) -> set[int]:
-        return set(self.config.intake.allowed_gids)
+    @config.setter
+    def config(self, config: DaemonConfig) -> None:  # a reloaded config (the daemon sets it)
+        self.admission.config = config
 
     # --- scanning ---------------------------------------------------------------------
 
@@ -95,33 +91,43 @@ class Intake:
         except FileNotFoundError:
             self.layout.incoming.mkdir(parents=True, exist_ok=True)
             return result
+        except OSError as error:  # unreadable incoming: say so, try again next tick
+            log.error("intake: cannot list %s: %s", self.layout.incoming, error)
+            return result
         for name in names:
-            if is_candidate(name):
+            if is_candidate(name) and not self._still_stuck(name):
                 self._take(name, now_mono, result)
         live = set(names)
         for gone in [n for n in self._seen if n not in live]:
             del self._seen[gone]
+        for gone in [n for n in self._stuck if n not in live]:
+            del self._stuck[gone]
         return result
 
     def _take(self, name: str, now_mono: float, result: IntakeResult) -> None:
         path = self.layout.incoming / name
         try:
-            raw, signature = self._read_checked(path)
-            spec = self._load(raw, name, signature, now_mono)
-        except Rejection as rejection:
-            self._reject_from(path, name, rejection.reason)
-            result.rejected.append(name)
-            return
-        except _Pending:
-            result.pending.append(name)
-            return
+            self._take_one(path, name, now_mono, result)
+        except Exception as error:  # one strange file must never stop the intake: set it aside, count it
+            log.exception("intake: %s could not be taken", display_name(name))
+            self._count("intake_errors_total")
+            shown = display_name(name)
+            reason = f"{shown}: mkd could not take this file ({type(error).__name__}: {error})\n"
+            self._reject_from(path, name, reason, result)
+
+    def _take_one(self, path: Path, name: str, now_mono: float, result: IntakeResult) -> None:
+        try:
+            verdict = self.admission.judge(path, name)
         except FileNotFoundError:
-            return
-        except Exception as error:  # one strange file must never stop the intake: reject it, count it
-            log.exception("intake: %s could not be checked", name)
-            self.store.bump("intake_errors_total")
-            self._reject_from(path, name, f"{name}: mkd could not check this file ({type(error).__name__}: {error})")
-            result.rejected.append(name)
+            return  # gone between the listing and the look: nothing to take
+        if not verdict.ok:
+            if verdict.crashed:
+                log.error("intake: %s", (verdict.error or "").strip())
+                self._count("intake_errors_total")
+            if verdict.settles and not self._settled(name, verdict, now_mono):
+                result.pending.append(name)
+                return
+            self._reject_from(path, name, verdict.error or "", result)
             return
         token = f"{time.time_ns():x}-{os.getpid()}-{next(_counter)}"
         claimed = self.layout.claimed / f"{token}__{name}"
@@ -130,165 +136,135 @@ class Intake:
         except FileNotFoundError:
             return
         self._seen.pop(name, None)
-        self._record_claimed(claimed, result, first_spec=(spec, raw))
+        self._record_claimed(claimed, name, result, first=verdict)
+
+    def _settled(self, name: str, verdict: Verdict, now_mono: float) -> bool:
+        """Whether an invalid file stayed unchanged for `settle` (a writer may still be writing it)."""
+        signature = verdict.signature or (-1, -1)
+        seen = self._seen.get(name)
+        if seen is None or seen[0] != signature:
+            self._seen[name] = (signature, now_mono)
+            return False
+        return now_mono - seen[1] >= self.config.intake.settle.total_seconds()
 
     def recover_claims(self) -> IntakeResult:
         """Finish what a killed daemon left between claiming a file and mirroring it."""
         result = IntakeResult()
-        for claimed in sorted(self.layout.claimed.iterdir()):
-            if "__" in claimed.name and not claimed.name.startswith("."):
-                self._record_claimed(claimed, result, first_spec=None)
+        try:
+            entries = sorted(os.listdir(self.layout.claimed))
+        except OSError as error:
+            log.error("intake: cannot list %s: %s", self.layout.claimed, error)
+            return result
+        for entry in entries:
+            if "__" not in entry or entry.startswith("."):
+                continue
+            claimed = self.layout.claimed / entry
+            name = entry.partition("__")[2]
+            try:
+                self._record_claimed(claimed, name, result, first=None)
+            except Exception as error:  # as in _take: never fatal, and never at every start again
+                log.exception("intake: claimed file %s could not be recovered", display_name(entry))
+                self._count("intake_errors_total")
+                reason = f"{display_name(name)}: mkd could not take this file ({type(error).__name__}: {error})\n"
+                self._reject_from(claimed, name, reason, result)
         return result
 
     # --- the steps --------------------------------------------------------------------
 
-    def _record_claimed(self, claimed: Path, result: IntakeResult, first_spec: tuple[JobSpec, bytes] | None) -> None:
-        token, _, name = claimed.name.partition("__")
+    def _record_claimed(self, claimed: Path, name: str, result: IntakeResult, first: Verdict | None) -> None:
+        token = claimed.name.partition("__")[0]
         job_id = self.store.has_claim(token)
         if job_id is None:
-            try:
-                raw = claimed.read_bytes()
-                spec = first_spec[0] if first_spec and first_spec[1] == raw else self._validate(raw, name)
-                job_id = self._insert(spec, raw, name, token)
-            except JobFileError as error:
-                self._reject_from(claimed, name, error.render())
-                result.rejected.append(name)
+            verdict = self._judge_claimed(claimed, name, first)
+            if verdict is None:
                 return
-            except Rejection as rejection:
-                self._reject_from(claimed, name, rejection.reason)
-                result.rejected.append(name)
+            if not verdict.ok or verdict.spec is None or verdict.job_name is None:
+                if verdict.crashed:
+                    self._count("intake_errors_total")
+                self._reject_from(claimed, name, verdict.error or f"{display_name(name)}: not accepted\n", result)
                 return
-            except Exception as error:  # as in _take: a file that breaks the check is rejected, never fatal
-                log.exception("intake: %s could not be checked", name)
-                self.store.bump("intake_errors_total")
-                self._reject_from(
-                    claimed, name, f"{name}: mkd could not check this file ({type(error).__name__}: {error})"
-                )
-                result.rejected.append(name)
-                return
+            job_id = self.store.job_id_for(verdict.job_name)
+            self.store.insert_job(
+                job_id=job_id,
+                name=verdict.job_name,
+                priority=verdict.spec.job.priority,
+                source_file=display_name(name),
+                source_text=verdict.raw.decode("utf-8"),
+                spec=verdict.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+                claim_token=token,
+                now=self.wall(),
+            )
             result.accepted.append(job_id)
-            log.info("job %s: queued from %s", job_id, name)
+            log.info("job %s: queued from %s", job_id, display_name(name))
             if self.on_accepted is not None:
                 self.on_accepted(job_id)
         job = self.store.get_job(job_id)
         state = job.state if job else JobState.QUEUED
         place_job_file(self.layout, job_id, state, claimed)
 
-    def _insert(self, spec: JobSpec, raw: bytes, filename: str, token: str) -> str:
-        name = spec.job.name or filename[: -len(".toml")]
-        if not JOB_NAME.fullmatch(name):
-            raise Rejection(
-                f"{filename}: the file name {name!r} is not a valid job name (1-64 letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit); rename the file or set [job] name"
-            )
-        live = self.store.live_job_named(name)
-        if live is not None:
-            raise Rejection(f"{filename}: {_still_live(name, live)}")
-        job_id = self.store.job_id_for(name)
-        self.store.insert_job(
-            job_id=job_id,
-            name=name,
-            priority=spec.job.priority,
-            source_file=filename,
-            source_text=raw.decode("utf-8"),
-            spec=spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
-            claim_token=token,
-            now=self.wall(),
-        )
-        return job_id
-
-    def _read_checked(self, path: Path) -> tuple[bytes, tuple[int, int]]:
-        """The file's bytes, after the checks that need no parsing (type, owner, size)."""
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise Rejection(f"{path.name}: is a symbolic link; copy the file itself into incoming")
-        if not stat.S_ISREG(st.st_mode):
-            raise Rejection(f"{path.name}: is not a regular file (FIFO, socket, device or directory)")
-        if st.st_uid not in self._uids and st.st_gid not in self._gids:
-            raise Rejection(
-                f"{path.name}: owned by uid {st.st_uid}, who may not submit jobs; allowed uids "
-                f"{sorted(self._uids)}, gids {sorted(self._gids)} ([intake] allowed_uids / allowed_gids)"
-            )
-        cap = self.config.intake.max_file_size
-        if st.st_size > cap:
-            raise Rejection(f"{path.name}: {st.st_size} bytes is over the {cap}-byte limit ([intake] max_file_size)")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise Rejection(f"{path.name}: is not a regular file")
-            raw = handle.read(cap + 1)
-        if len(raw) > cap:
-            raise Rejection(f"{path.name}: over the {cap}-byte limit ([intake] max_file_size)")
-        return raw, (st.st_size, st.st_mtime_ns)
-
-    def _load(self, raw: bytes, name: str, signature: tuple[int, int], now_mono: float) -> JobSpec:
-        """Validate; an invalid file waits until unchanged for `settle` before it is rejected."""
+    def _judge_claimed(self, claimed: Path, name: str, first: Verdict | None) -> Verdict | None:
+        """The verdict on a claimed file: `first` when its bytes are the ones judged before the
+        rename (a writer may have replaced the file in between), else a full judgement."""
         try:
-            return self._validate(raw, name)
-        except JobFileError as error:
-            seen = self._seen.get(name)
-            if seen is None or seen[0] != signature:
-                self._seen[name] = (signature, now_mono)
-                raise _Pending() from None
-            if now_mono - seen[1] < self.config.intake.settle.total_seconds():
-                raise _Pending() from None
-            raise Rejection(error.render()) from None
-
-    def _validate(self, raw: bytes, name: str) -> JobSpec:
-        """The schema, then the checks that need the host (agent YAML, allowed roots): all problems at once.
-
-        A live job of the same name is refused later, at insert; when the file has other problems
-        too, that one is listed with them, so one .error tells the whole story.
-        """
-        spec = load_job_bytes(raw, name)
-        problems: list[Problem] = []
-        try:
-            check_agent_overrides(spec, raw.decode("utf-8"), name, self.layout.mimickit_dir)
-        except JobFileError as error:
-            problems.extend(error.problems)
-        problems.extend(self._root_problems(spec))
-        if not problems:  # the checkout is only looked at once the paths are known to be allowed
-            problems.extend(checkout_problems(spec, raw.decode("utf-8"), self.layout.mimickit_dir))
-        if problems:
-            job_name = spec.job.name or name[: -len(".toml")]
-            live = self.store.live_job_named(job_name)
-            if live is not None:
-                problems.append(Problem(None, None, "job.name", _still_live(job_name, live)))
-            raise JobFileError(name, problems)
-        return spec
-
-    def _root_problems(self, spec: JobSpec) -> list[Problem]:
-        roots = [Path(r).resolve() for r in self.config.intake.allowed_roots]
-        workload = spec.workload
-        where = workload.cwd if isinstance(workload, CommandWorkload) else workload.mimickit_dir
-        if not roots or where is None:
-            return []
-        if "\0" in where:
-            return [Problem(None, None, "workload", "a path holds a NUL character")]
-        if not any(Path(where).resolve().is_relative_to(r) for r in roots):
-            allowed = [str(r) for r in roots]
-            return [Problem(None, None, "workload", f"{where!r} is outside the allowed roots {allowed}")]
-        return []
-
-    def _reject_from(self, path: Path, name: str, reason: str) -> None:
-        """Write NAME.error, then move the file beside it (a crash between repeats both)."""
-        target = free_name(self.layout.rejected, name)
-        text = reason if reason.endswith("\n") else reason + "\n"
-        atomic_write(target.with_name(target.name + ".error"), text)
-        try:
-            os.rename(path, target)
+            if first is None:
+                return self.admission.judge(claimed, name)
+            raw = self.admission.read(claimed, name)  # never blocks: a FIFO may have been renamed in
         except FileNotFoundError:
+            return None
+        except Exception:  # not a regular file any more, or unreadable: the full verdict says why
+            try:
+                return self.admission.judge(claimed, name)
+            except FileNotFoundError:
+                return None
+        return first if raw == first.raw else self.admission.judge_bytes(raw, name)
+
+    def _still_stuck(self, name: str) -> bool:
+        """A file that could not be moved aside is tried again only once it changed."""
+        stuck = self._stuck.get(name)
+        if stuck is None:
+            return False
+        try:
+            st = os.lstat(self.layout.incoming / name)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == stuck
+
+    def _reject_from(self, path: Path, name: str, reason: str, result: IntakeResult) -> None:
+        """Write the .error, then move the file beside it (a crash between repeats both).
+
+        Never raises: a file that cannot be moved stays where it is, is logged once, and is
+        left alone until it changes."""
+        shown = display_name(name)
+        text = reason if reason.endswith("\n") else reason + "\n"
+        first_line = (text.strip().splitlines() or [""])[0]
+        try:
+            self.layout.rejected.mkdir(parents=True, exist_ok=True)
+            target = free_name(self.layout.rejected, safe_name(name))
+            if target.name != name:
+                text = f"{shown}: kept here as {target.name} (its own name: {display_name(name, full=True)})\n" + text
+            error_file = target.with_name(target.name + ".error")
+            atomic_write(error_file, text.encode("utf-8", "backslashreplace"))
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                error_file.unlink(missing_ok=True)
+                return
+        except Exception as error:  # a full disk, a read-only folder: keep going
+            log.error("intake: cannot set %s aside in %s: %s", shown, self.layout.rejected, error)
+            self._count("intake_errors_total")
+            try:
+                st = os.lstat(path)
+                self._stuck[name] = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
             return
-        self.store.bump("rejected_files_total")
-        log.warning("rejected %s: %s", name, text.strip().splitlines()[0])
+        self._seen.pop(name, None)
+        self._count("rejected_files_total")
+        result.rejected.append(name)
+        log.warning("rejected %s: %s", shown, first_line)
 
-
-def _still_live(name: str, live: str) -> str:
-    return (
-        f"a job named {name!r} is still live ({live}); wait for it to finish, cancel it (mkd cancel), "
-        "or give this file another [job] name"
-    )
-
-
-class _Pending(Exception):
-    """Not valid yet, but maybe still being written."""
+    def _count(self, counter: str) -> None:
+        try:
+            self.store.bump(counter)
+        except Exception as error:  # a counter is never worth the intake
+            log.error("intake: cannot count %s: %s", counter, error)

@@ -10,8 +10,7 @@ that is not TOML) gives None, and the caller validates the full way, which repor
 error as before.  So a command sees the same layout or the same error either way.
 tests/test_layout.py keeps the rules in step with DaemonConfig.
 
-Light to import: os, pathlib and tomllib (mkd.quantities, for durations and sizes, on the
-first such key).
+Light to import: os, pathlib, tomllib and mkd.limits (the ranges, as plain objects).
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
+
+from mkd import limits
+from mkd.quantities import Between
 
 # DaemonConfig's defaults for the keys a Layout is made of (tests/test_layout.py checks them).
 DEFAULT_PATHS: dict[str, str] = {"state_dir": "var", "jobs_dir": "jobs", "runs_dir": "runs"}
@@ -94,21 +96,21 @@ _INT64 = 2**63
 
 class Rule:
     """The values of one config key that this module vouches for: a subset of what the
-    key's DaemonConfig field accepts (a TOML value of exactly the field's type, within its
-    bounds), never more."""
+    key's DaemonConfig field accepts (a TOML value of exactly the field's type, within the
+    same mkd.limits range), never more."""
 
-    __slots__ = ("choices", "high", "kind", "low")
+    __slots__ = ("between", "choices", "kind")
 
-    def __init__(
-        self, kind: str, low: int | None = None, high: int | None = None, choices: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, kind: str, between: Between | None = None, choices: tuple[str, ...] = ()) -> None:
         self.kind = kind  # str, bool, int, choice, ints, strs, env, duration, size
-        self.low = low
-        self.high = high
+        self.between = between  # int, ints (each), duration, size
         self.choices = choices
 
     def __repr__(self) -> str:
-        return f"Rule({self.kind!r}, {self.low!r}, {self.high!r}, {self.choices!r})"
+        return f"Rule({self.kind!r}, {self.between!r}, {self.choices!r})"
+
+    def _in_range(self, value: Any) -> bool:
+        return self.between is None or self.between.contains(value)
 
     def accepts(self, value: object) -> bool:
         kind = self.kind
@@ -117,11 +119,11 @@ class Rule:
         if kind == "bool":
             return type(value) is bool
         if kind == "int":
-            return _int(value) and (self.low is None or self.low <= value) and (self.high is None or value <= self.high)
+            return _int(value) and self._in_range(value)
         if kind == "choice":
             return type(value) is str and value in self.choices
         if kind == "ints":
-            return type(value) is list and all(_int(v) for v in value)
+            return type(value) is list and all(_int(v) and self._in_range(v) for v in value)
         if kind == "strs":
             return type(value) is list and all(type(v) is str for v in value)
         if kind == "env":
@@ -132,13 +134,10 @@ class Rule:
             from mkd.quantities import parse_duration, parse_size
 
             try:
-                if kind == "duration":
-                    parse_duration(value)
-                else:
-                    parse_size(value)
+                parsed = parse_duration(value) if kind == "duration" else parse_size(value)
             except ValueError:
                 return False
-            return True
+            return self._in_range(parsed)
         raise ValueError(f"no such rule kind {kind!r}")
 
 
@@ -147,7 +146,16 @@ def _int(value: object) -> TypeGuard[int]:
     return type(value) is int and -_INT64 <= value < _INT64
 
 
-_STR, _BOOL, _DURATION, _SIZE = Rule("str"), Rule("bool"), Rule("duration"), Rule("size")
+_STR, _BOOL = Rule("str"), Rule("bool")
+
+
+def _duration(between: Between) -> Rule:
+    return Rule("duration", between)
+
+
+def _size(between: Between) -> Rule:
+    return Rule("size", between)
+
 
 # Every key checked here, as DaemonConfig nests them.  Left out, so a config that sets them
 # is validated the full way: [nccl_presets] and retry's ladder, on and
@@ -157,40 +165,44 @@ SCHEMA: dict[str, Rule | dict[str, Rule]] = {
     "mimickit_dir": _STR,
     "mimickit_python": _STR,
     "log_level": Rule("choice", choices=("debug", "info", "warning", "error")),
-    "tick": _DURATION,
-    "max_running": Rule("int", low=1),
+    "tick": _duration(limits.TICK),
+    "max_running": Rule("int", limits.MAX_RUNNING),
     "intake": {
-        "max_file_size": _SIZE,
-        "settle": _DURATION,
-        "allowed_uids": Rule("ints"),
-        "allowed_gids": Rule("ints"),
+        "max_file_size": _size(limits.MAX_FILE_SIZE),
+        "settle": _duration(limits.SETTLE),
+        "allowed_uids": Rule("ints", limits.ID),
+        "allowed_gids": Rule("ints", limits.ID),
         "allowed_roots": Rule("strs"),
     },
     "metrics": {
         "enabled": _BOOL,
         "host": _STR,
-        "port": Rule("int", low=0, high=65535),
-        "retention": _DURATION,
+        "port": Rule("int", limits.PORT),
+        "retention": _duration(limits.RETENTION),
         "hpc_job_mapping_dir": _STR,
     },
-    "gpu": {"sample_every": _DURATION, "busy_memory": _SIZE, "memory_freed_below": _SIZE},
+    "gpu": {
+        "sample_every": _duration(limits.SAMPLE_EVERY),
+        "busy_memory": _size(limits.GPU_MEMORY),
+        "memory_freed_below": _size(limits.GPU_MEMORY),
+    },
     "base_env": Rule("env"),
     "retry": {
-        "max_attempts": Rule("int", low=1, high=100),
-        "backoff": _DURATION,
-        "backoff_max": _DURATION,
+        "max_attempts": Rule("int", limits.MAX_ATTEMPTS),
+        "backoff": _duration(limits.BACKOFF),
+        "backoff_max": _duration(limits.BACKOFF),
         "single_device_fallback": _BOOL,
-        "max_no_progress": Rule("int", low=1),
+        "max_no_progress": Rule("int", limits.MAX_NO_PROGRESS),
     },
     "watch": {
-        "startup_timeout": _DURATION,
-        "stall_timeout": _DURATION,
-        "stop_grace": _DURATION,
-        "gpu_report_every": _DURATION,
-        "gpu_memory_free_wait": _DURATION,
+        "startup_timeout": _duration(limits.TIMEOUT),
+        "stall_timeout": _duration(limits.TIMEOUT),
+        "stop_grace": _duration(limits.STOP_GRACE),
+        "gpu_report_every": _duration(limits.GPU_REPORT_EVERY),
+        "gpu_memory_free_wait": _duration(limits.GPU_MEMORY_FREE_WAIT),
     },
-    "console_log_max": _SIZE,
-    "console_log_backups": Rule("int", low=0),
+    "console_log_max": _size(limits.CONSOLE_LOG_MAX),
+    "console_log_backups": Rule("int", limits.CONSOLE_LOG_BACKUPS),
 }
 
 

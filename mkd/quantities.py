@@ -9,6 +9,7 @@ without importing pydantic.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,10 @@ _SIZE_UNITS = {
     "GiB": 2**30,
     "TiB": 2**40,
 }
+
+
+class TooLarge(ValueError):
+    """A duration or size that reads as a number but is past what mkd can hold at all."""
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -46,7 +51,7 @@ def parse_duration(value: Any) -> timedelta:
     try:
         return timedelta(seconds=total)
     except OverflowError:
-        raise ValueError(f"{value!r} is too long a duration (at most {timedelta.max.days} days)") from None
+        raise TooLarge(f"{value!r} is too long a duration (at most {timedelta.max.days} days)") from None
 
 
 def parse_size(value: Any) -> int:
@@ -58,7 +63,7 @@ def parse_size(value: Any) -> int:
         raise ValueError(f'cannot read {value!r} as a size; write it like "8GiB", "512MiB" or "2GB"')
     size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
     if not size < 2**63:
-        raise ValueError(f"{value!r} is too large a size")
+        raise TooLarge(f"{value!r} is too large a size")
     return int(size)
 
 
@@ -74,7 +79,56 @@ def format_size(size: int) -> str:
 def format_duration(delta: timedelta) -> str:
     """The shortest exact spelling of a duration, for docs and round trips."""
     seconds = delta.total_seconds()
-    for unit, factor in (("h", 3600), ("m", 60), ("s", 1)):
+    if seconds == 0:
+        return "0s"
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= factor and seconds % factor == 0:
             return f"{int(seconds // factor)}{unit}"
     return f"{round(seconds * 1000)}ms"
+
+
+class Between:
+    """An inclusive range of a number, a duration or a size, whose error says the range in the
+    field's own units ("must be between 1s and 30d (got 99999h)"): a bound that only says "too
+    large" leaves a person guessing what is allowed.
+
+    Plain Python, so mkd.layout can check a config with the same objects that mkd.spec and
+    mkd.config give to pydantic (mkd.limits names them)."""
+
+    __slots__ = ("high", "low", "show")
+
+    def __init__(self, low: Any, high: Any, show: Callable[[Any], str] = str) -> None:
+        self.low = low
+        self.high = high
+        self.show = show
+
+    def __repr__(self) -> str:
+        return f"Between({self.show(self.low)}, {self.show(self.high)})"
+
+    def contains(self, value: Any) -> bool:
+        return bool(self.low <= value <= self.high)
+
+    def message(self, value: Any) -> str:
+        return f"must be between {self.show(self.low)} and {self.show(self.high)} (got {self.show(value)})"
+
+    def __call__(self, value: Any) -> Any:
+        """The value, or ValueError with the range (pydantic's AfterValidator calls this)."""
+        if not self.contains(value):
+            raise ValueError(self.message(value))
+        return value
+
+
+def duration_between(low: str, high: str) -> Between:
+    return Between(parse_duration(low), parse_duration(high), _show_duration)
+
+
+def size_between(low: str, high: str) -> Between:
+    return Between(parse_size(low), parse_size(high), _show_size)
+
+
+def _show_duration(value: Any) -> str:
+    return format_duration(value) if isinstance(value, timedelta) else str(value)
+
+
+def _show_size(value: Any) -> str:
+    return format_size(value) if isinstance(value, int) else str(value)

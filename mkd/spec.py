@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mkd.units import ByteSize, Duration
+from mkd import limits
+from mkd.bounded import DURATION_TEXT, SIZE_TEXT, duration, many, size, within
+
+# The bounded field types (mkd.limits has the ranges and why).
+NumEnvs = Annotated[int, within(limits.NUM_ENVS)]
+Samples = Annotated[int, within(limits.MAX_SAMPLES)]
+Timeout = Annotated[timedelta, duration(limits.TIMEOUT), DURATION_TEXT]
+Backoff = Annotated[timedelta, duration(limits.BACKOFF), DURATION_TEXT]
+DeviceList = Annotated[list[str], many(limits.DEVICES)]
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEVICE = re.compile(r"cpu|cuda:\d{1,2}")
@@ -28,7 +36,9 @@ class Frozen(BaseModel):
 
 class JobInfo(Frozen):
     name: str | None = Field(None, description="Job name; defaults to the file name without .toml.")
-    priority: int = Field(0, ge=-100, le=100, description="Higher runs first; FIFO within a priority.")
+    priority: Annotated[int, within(limits.PRIORITY)] = Field(
+        0, description="Higher runs first; FIFO within a priority."
+    )
     description: str = ""
 
     @field_validator("name")
@@ -53,10 +63,10 @@ class MimicKitWorkload(Frozen):
         default_factory=dict,
         description="Agent-config keys (dotted for nested) written into a derived YAML.",
     )
-    num_envs: int | None = Field(None, gt=0)
-    devices: list[str] | None = Field(None, min_length=1)
-    max_samples: int | None = Field(None, gt=0)
-    rand_seed: int | None = None
+    num_envs: NumEnvs | None = None
+    devices: DeviceList | None = None
+    max_samples: Samples | None = None
+    rand_seed: Annotated[int, within(limits.RAND_SEED)] | None = None
     logger: Literal["txt", "tb", "wandb"] | None = None
     save_int_models: bool | None = None
     model_file: str | None = None
@@ -102,7 +112,7 @@ DEFAULT_PASS: dict[str, tuple[PassCheck, ...]] = {
 
 
 class SweepPoint(Frozen):
-    num_envs: int = Field(gt=0)
+    num_envs: NumEnvs
     agent_overrides: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
@@ -111,20 +121,31 @@ class Stage(Frozen):
 
     kind: StageKind
     name: str | None = None
-    num_envs: int | None = Field(None, gt=0)
-    max_samples: int | None = Field(None, gt=0)
-    devices: list[str] | None = Field(None, min_length=1)
-    test_episodes: int | None = Field(None, gt=0)
+    num_envs: NumEnvs | None = None
+    max_samples: Samples | None = None
+    devices: DeviceList | None = None
+    test_episodes: Annotated[int, within(limits.TEST_EPISODES)] | None = None
     model_from: str | None = Field(None, description="Name of an earlier stage whose model.pt to load.")
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     pass_checks: list[PassCheck] | None = Field(None, alias="pass")
-    ladder: list[int] | None = Field(None, min_length=1, description="probe: num_envs rungs to try.")
-    points: list[SweepPoint] | None = Field(None, min_length=1, description="sweep: the points to run.")
-    point_max_samples: int | None = Field(None, gt=0, description="probe/sweep: samples per probe run.")
+    ladder: Annotated[list[NumEnvs], many(limits.LADDER_RUNGS)] | None = Field(
+        None, description="probe: num_envs rungs to try."
+    )
+    points: Annotated[list[SweepPoint], many(limits.SWEEP_POINTS)] | None = Field(
+        None, description="sweep: the points to run."
+    )
+    point_max_samples: Samples | None = Field(None, description="probe/sweep: samples per probe run.")
     on_fail: Literal["fail_job", "continue"] = "fail_job"
     mesa_overrides: bool = Field(True, description="visualize: retry once with the runbook's Mesa GL overrides.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_NAME.fullmatch(value):  # it names the attempt's folder
+            raise ValueError("a stage name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
 
     @model_validator(mode="after")
     def _kind_rules(self) -> Self:
@@ -155,10 +176,14 @@ class Stage(Frozen):
 
 
 class Resources(Frozen):
-    gpus: int | None = Field(None, ge=0, le=64, description="How many GPUs; 0 for a CPU-only job.")
-    devices: list[str] | None = Field(None, description="Named devices, e.g. ['cuda:0', 'cuda:1'].")
+    gpus: Annotated[int, within(limits.GPUS)] | None = Field(None, description="How many GPUs; 0 for a CPU-only job.")
+    devices: Annotated[list[str], many(limits.GPUS)] | None = Field(
+        None, description="Named devices, e.g. ['cuda:0', 'cuda:1']."
+    )
     share: bool = Field(False, description="May run on a GPU another job holds.")
-    min_free_memory: ByteSize | None = Field(None, description='Skip GPUs with less free memory, e.g. "8GiB".')
+    min_free_memory: Annotated[int, size(limits.MIN_FREE_MEMORY), SIZE_TEXT] | None = Field(
+        None, description='Skip GPUs with less free memory, e.g. "8GiB".'
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> Self:
@@ -176,33 +201,37 @@ ClassAction = Literal["retry", "nccl_preset", "step_down", "new_port", "single_d
 
 
 class Retry(Frozen):
-    max_attempts: int = Field(4, ge=1, le=100)
-    backoff: Duration = timedelta(seconds=5)
-    backoff_max: Duration = timedelta(minutes=5)
-    ladder: list[int] = Field(default_factory=list, description="num_envs to step down through on OOM.")
+    max_attempts: Annotated[int, within(limits.MAX_ATTEMPTS)] = 4
+    backoff: Backoff = timedelta(seconds=5)
+    backoff_max: Backoff = timedelta(minutes=5)
+    ladder: Annotated[list[NumEnvs], many(limits.RETRY_LADDER_RUNGS)] = Field(
+        default_factory=list, description="num_envs to step down through on OOM."
+    )
     single_device_fallback: bool = True
     apply_nccl_preset_on_failure: str | None = Field(
         "runbook", description="Preset applied as the first change after a multi-device start-up failure."
     )
-    max_no_progress: int = Field(3, ge=1, description="Crash-loop breaker: attempts in a row without progress.")
+    max_no_progress: Annotated[int, within(limits.MAX_NO_PROGRESS)] = Field(
+        3, description="Crash-loop breaker: attempts in a row without progress."
+    )
     on: dict[str, ClassAction] = Field(default_factory=dict, description="Per failure class action overrides.")
 
     @field_validator("ladder")
     @classmethod
     def _descending(cls, value: list[int]) -> list[int]:
-        if any(v <= 0 for v in value):
-            raise ValueError("ladder rungs are positive num_envs")
         if value != sorted(value, reverse=True):
             raise ValueError("the ladder goes down: list num_envs from largest to smallest")
         return value
 
 
 class Watch(Frozen):
-    startup_timeout: Duration = timedelta(minutes=10)
-    stall_timeout: Duration = timedelta(minutes=5)
-    stop_grace: Duration = timedelta(seconds=30)
-    gpu_report_every: Duration = timedelta(minutes=1)
-    gpu_memory_free_wait: Duration = timedelta(seconds=60)
+    startup_timeout: Timeout = timedelta(minutes=10)
+    stall_timeout: Timeout = timedelta(minutes=5)
+    stop_grace: Annotated[timedelta, duration(limits.STOP_GRACE), DURATION_TEXT] = timedelta(seconds=30)
+    gpu_report_every: Annotated[timedelta, duration(limits.GPU_REPORT_EVERY), DURATION_TEXT] = timedelta(minutes=1)
+    gpu_memory_free_wait: Annotated[timedelta, duration(limits.GPU_MEMORY_FREE_WAIT), DURATION_TEXT] = timedelta(
+        seconds=60
+    )
 
 
 class JobSpec(Frozen):
@@ -210,7 +239,7 @@ class JobSpec(Frozen):
 
     job: JobInfo = Field(default_factory=JobInfo)
     workload: MimicKitWorkload | CommandWorkload = Field(discriminator="kind")
-    stages: list[Stage] = Field(default_factory=list)
+    stages: Annotated[list[Stage], many(limits.STAGES)] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     nccl: Nccl = Field(default_factory=Nccl)
     env: dict[str, str] = Field(default_factory=dict)

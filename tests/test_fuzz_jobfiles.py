@@ -160,9 +160,11 @@ ANY_VALUE = st.recursive(
     ANY_SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=6
 )
 UNITS = st.sampled_from(["ms", "s", "m", "h", "d"])
-DURATIONS = st.one_of(
-    st.builds("{}{}".format, st.integers(0, 9999), UNITS),
-    st.sampled_from(["1h30m", "500ms", "0s", "2.5s", "90s"]),
+DURATIONS = st.one_of(  # within every duration field's range (mkd.limits: 1s-1h is in all of them)
+    st.builds("{}s".format, st.integers(1, 3600)),
+    st.builds("{}m".format, st.integers(1, 60)),
+    st.builds("{}ms".format, st.integers(1000, 3600000)),
+    st.sampled_from(["1h", "1000ms", "2.5s", "90s", "1m30s"]),
 )
 BAD_DURATIONS = st.one_of(
     st.sampled_from(["10", "10 minutes", "m", "-5s", "1e3s", "1h 30m", "∞s", ""]),
@@ -170,11 +172,14 @@ BAD_DURATIONS = st.one_of(
     st.floats(),
     st.booleans(),
     st.builds("{}d".format, st.integers(10**4, 10**15)),
+    st.builds("{}{}".format, st.integers(0, 9999), UNITS),  # some past a field's range, some not
     st.builds("{}s".format, st.sampled_from(["9" * 400, "1e400", "0" * 50 + "1"])),
     TEXT,
 )
-SIZES = st.builds("{}{}".format, st.integers(0, 9999), st.sampled_from(["B", "KB", "MB", "GB", "KiB", "MiB", "GiB"]))
-BAD_SIZES = st.one_of(st.sampled_from(["8 gigs", "GiB", "8", "-1GiB", "8gib", "9" * 400 + "GiB"]), st.integers(), TEXT)
+SIZES = st.builds("{}{}".format, st.integers(0, 1000), st.sampled_from(["B", "KB", "MB", "GB", "KiB", "MiB", "GiB"]))
+BAD_SIZES = st.one_of(
+    st.sampled_from(["8 gigs", "GiB", "8", "-1GiB", "8gib", "9" * 400 + "GiB", "1025GiB", "2TiB"]), st.integers(), TEXT
+)
 DEVICES = st.lists(st.sampled_from(["cpu", "cuda:0", "cuda:1", "cuda:7"]), min_size=1, max_size=3)
 BAD_DEVICES = st.one_of(
     st.just([]),
@@ -241,7 +246,7 @@ def workload(doc: Doc) -> dict[str, Any]:
         doc.put(table, "num_envs", st.integers(1, 4096), st.integers(-5, 0) | st.floats() | TEXT)
         doc.put(table, "devices", DEVICES, BAD_DEVICES)
         doc.put(table, "max_samples", st.integers(1, 10**12), st.integers(-5, 0) | TEXT)
-        doc.put(table, "rand_seed", st.integers(-(2**63), 2**63 - 1), TEXT | st.floats())
+        doc.put(table, "rand_seed", st.integers(0, 2**32 - 1), TEXT | st.floats() | st.integers(-(2**63), 2**63))
         doc.put(table, "logger", st.sampled_from(["txt", "tb", "wandb"]), st.sampled_from(["TXT", "csv"]) | TEXT)
         doc.put(table, "save_int_models", st.booleans(), st.sampled_from(["yes", "true", 1]))
     doc.unknown(table)

@@ -11,22 +11,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, PlainSerializer
+from pydantic import BaseModel, PlainSerializer, WrapValidator
 from pydantic.fields import FieldInfo
 
+from mkd.bounded import Within
 from mkd.client.install_service import config_template, render_config
 from mkd.config import DaemonConfig, Paths, default_config_text
 from mkd.jobfile import JobFileError, load_text
 from mkd.layout import DEFAULT_MIMICKIT_DIR, DEFAULT_PATHS, SCHEMA, Layout, Rule, layout_from_text
-from mkd.quantities import parse_duration, parse_size
+from mkd.quantities import Between, parse_duration, parse_size
 from tests.harness import write_config
 
 BASE = Path("/srv/mkd-home")
 
 
+def _within(metadata: list[Any], parse: Any) -> Between | None:
+    """The range of a mkd.bounded field's metadata (its wrap validator), None if it has none."""
+    found = [m for m in metadata if isinstance(m, WrapValidator) and isinstance(m.func, Within)]
+    if len(found) != 1 or found[0].func.parse is not parse:
+        return None
+    between: Between = found[0].func.between
+    return between
+
+
 def _field_matches(rule: Rule, field: FieldInfo) -> bool:
-    """Whether `rule` describes this DaemonConfig field exactly: its type, and its bounds as metadata."""
+    """Whether `rule` describes this DaemonConfig field exactly: its type, and its mkd.limits range."""
     annotation, metadata = field.annotation, list(field.metadata)
     kind = rule.kind
     if kind == "str":
@@ -34,12 +43,19 @@ def _field_matches(rule: Rule, field: FieldInfo) -> bool:
     if kind == "bool":
         return annotation is bool and not metadata
     if kind == "int":
-        bounds = ([Ge(rule.low)] if rule.low is not None else []) + ([Le(rule.high)] if rule.high is not None else [])
-        return annotation is int and metadata == bounds
+        return annotation is int and len(metadata) == 1 and _within(metadata, None) is rule.between
     if kind == "choice":
         return typing.get_origin(annotation) is typing.Literal and typing.get_args(annotation) == rule.choices
     if kind == "ints":
-        return annotation in (list[int], list[int] | None) and not metadata
+        options = (annotation,) if typing.get_origin(annotation) is list else typing.get_args(annotation)
+        lists = [a for a in options if typing.get_origin(a) is list]
+        if len(lists) != 1 or metadata:
+            return False
+        (item,) = typing.get_args(lists[0])
+        if typing.get_origin(item) is not typing.Annotated:
+            return rule.between is None and item is int
+        base, *item_metadata = typing.get_args(item)
+        return base is int and _within(item_metadata, None) is rule.between
     if kind == "strs":
         return annotation == list[str] and not metadata
     if kind == "env":
@@ -47,14 +63,14 @@ def _field_matches(rule: Rule, field: FieldInfo) -> bool:
     if kind == "duration":
         return (
             annotation is timedelta
-            and [type(m) for m in metadata] == [BeforeValidator, PlainSerializer]
-            and metadata[0].func is parse_duration
+            and [type(m) for m in metadata] == [WrapValidator, PlainSerializer]
+            and _within(metadata, parse_duration) is rule.between
         )
     if kind == "size":
         return (
             annotation is int
-            and [type(m) for m in metadata] == [BeforeValidator, PlainSerializer]
-            and metadata[0].func is parse_size
+            and [type(m) for m in metadata] == [WrapValidator, PlainSerializer]
+            and _within(metadata, parse_size) is rule.between
         )
     return False
 
@@ -118,13 +134,50 @@ def _toml(value: Any) -> str:
 PANEL: dict[str, list[Any]] = {
     "str": ["", "x", "/abs/dir", "~/dir", "rel/dir", 1, True, ["x"]],
     "bool": [True, False, 1, "true"],
-    "int": [-1, 0, 1, 2, 64, 100, 101, 65535, 65536, 2**62, True, 1.0, "5"],
+    "int": [-1, 0, 1, 2, 64, 100, 101, 4096, 4097, 65535, 65536, 2**32 - 2, 2**32 - 1, 2**62, True, 1.0, "5"],
     "choice": ["debug", "info", "warning", "error", "DEBUG", "trace", 1],
-    "ints": [[], [0, 1000], [True], ["1"], [1.5], 5],
+    "ints": [[], [0, 1000], [True], ["1"], [1.5], 5, [-1], [2**32 - 2], [2**32 - 1]],
     "strs": [[], ["/data"], [1], "x"],
     "env": [{}, {"A": "1"}, {"A": 1}, {"A": {"B": "c"}}, "A=1"],
-    "duration": ["1s", "100ms", "1h30m", "0s", " 2m ", "", "10", "1x", 10, True, "99999999999d"],
-    "size": ["1KiB", "0B", "8GiB", "1 GiB", "1.5MB", "1Q", 1024, "", "99999999999TiB"],
+    "duration": [
+        "1s",
+        "100ms",
+        "10ms",
+        "9ms",
+        "1m",
+        "61s",
+        "1h",
+        "1h1s",
+        "1d",
+        "30d",
+        "31d",
+        "1h30m",
+        "0s",
+        " 2m ",
+        "",
+        "10",
+        "1x",
+        10,
+        True,
+        "99999999999d",
+    ],
+    "size": [
+        "1KiB",
+        "1023B",
+        "4KiB",
+        "0B",
+        "8GiB",
+        "16MiB",
+        "16385KiB",
+        "1TiB",
+        "1025GiB",
+        "1 GiB",
+        "1.5MB",
+        "1Q",
+        1024,
+        "",
+        "99999999999TiB",
+    ],
 }
 
 
