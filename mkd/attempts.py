@@ -250,7 +250,8 @@ class AttemptRunner:
         """Before a retry on the same GPUs, wait (bounded) until the dead attempt's own GPU processes are gone.
 
         Only its processes count: another user's process on a shared GPU is not going away, and
-        waiting for it cost every retry the whole bound.
+        waiting for it cost every retry the whole bound. A pid gone from /proc holds no GPU memory,
+        even if the last NVML reading (up to `sample_every` old) still lists it.
         """
         last_end = job.stage_data.get("last_end_wall")
         last_gpus = set(job.stage_data.get("last_gpus", []))
@@ -259,7 +260,7 @@ class AttemptRunner:
             return placement
         for gpu in self.gpu.gpus:
             if gpu.uuid in last_gpus and gpu.uuid in placement.uuids:
-                left = [p for p in gpu.processes if p.pid in dead]
+                left = [p for p in gpu.processes if p.pid in dead and read_stat(p.pid) is not None]
                 held_bytes = sum(p.used_bytes or 0 for p in left)
                 if left and held_bytes > self.config.gpu.memory_freed_below:
                     held = held_bytes >> 20
