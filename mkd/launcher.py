@@ -16,6 +16,7 @@ from mkd.gpu_ledger import GpuLedger
 from mkd.lifecycle import skip_stage
 from mkd.live import LiveAttempt
 from mkd.memory import Plan
+from mkd.procs import read_stat
 from mkd.runs import Runs
 from mkd.scheduler import Placement, Request, place
 from mkd.spec import JobSpec, MimicKitWorkload, Stage
@@ -127,7 +128,8 @@ class Launcher:
         """Before a retry on the same GPUs, wait (bounded) until the dead attempt's own GPU processes are gone.
 
         Only its processes count: another user's process on a shared GPU is not going away, and
-        waiting for it cost every retry the whole bound.
+        waiting for it cost every retry the whole bound. A pid gone from /proc holds no GPU memory,
+        even if the last NVML reading (up to `sample_every` old) still lists it.
         """
         last_end = job.memory.stage.last_end_wall
         last_gpus = set(job.memory.stage.last_gpus)
@@ -136,7 +138,7 @@ class Launcher:
             return placement
         for gpu in self.runs.gpu.gpus:
             if gpu.uuid in last_gpus and gpu.uuid in placement.uuids:
-                left = [p for p in gpu.processes if p.pid in dead]
+                left = [p for p in gpu.processes if p.pid in dead and read_stat(p.pid) is not None]
                 held_bytes = sum(p.used_bytes or 0 for p in left)
                 if left and held_bytes > self.runs.config.gpu.memory_freed_below:
                     held = held_bytes >> 20
