@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from mkd.failures import FailureClass
-from mkd.memory import Fallback, JobMemory, JsonValue, Plan, StageResult, SweepRow
+from mkd.memory import Fallback, JobMemory, JsonValue, Plan, StageMemory, StageResult, SweepRow
 from mkd.policy import Decision, Observation, decide
 from mkd.spec import JobSpec, Stage
 from mkd.stagekinds import TRAINING
@@ -146,7 +146,8 @@ def _count(job: Job, ended: Ended) -> JobMemory:
 
 def _passed(job: Job, ended: Ended) -> Step:
     memory = job.memory
-    result = _figures(StageResult(passed=True, attempt=ended.number, num_envs=job.plan.num_envs), ended.progress)
+    first = StageResult(passed=True, attempt=ended.number, num_envs=job.plan.num_envs)
+    result = _figures(first, ended.progress, memory.stage)
     if job.stage.kind in TRAINING and ended.model_file:
         memory = replace(memory, models={**memory.models, job.label: ended.model_file}, latest_model=ended.model_file)
     if job.stage.kind == "warmup":
@@ -159,7 +160,7 @@ def _passed(job: Job, ended: Ended) -> Step:
     return advance(replace(job, memory=memory), f"stage {job.label} passed")
 
 
-def _figures(result: StageResult, progress: Mapping[str, JsonValue]) -> StageResult:
+def _figures(result: StageResult, progress: Mapping[str, JsonValue], stage: StageMemory) -> StageResult:
     """The attempt's last figures (iteration, samples, returns, median rate) into its stage result."""
 
     def number(key: str) -> float | None:
@@ -169,8 +170,8 @@ def _figures(result: StageResult, progress: Mapping[str, JsonValue]) -> StageRes
     iteration, samples = number("iteration"), number("samples")
     return replace(
         result,
-        iteration=None if iteration is None else int(iteration),
-        samples=None if samples is None else int(samples),
+        iteration=None if iteration is None else int(iteration) + stage.iteration_offset,
+        samples=None if samples is None else int(samples) + stage.samples_offset,  # a resumed run counts on
         train_return=number("train_return"),
         test_return=number("test_return"),
         median_samples_per_second=number("median_samples_per_second"),

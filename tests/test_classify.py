@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mkd.memory import Plan
 from mkd.mimickit.classify import (
     CAUSE_ORDER,
     MIMICKIT_CHECKS,
@@ -423,7 +424,7 @@ def test_decide_never_retries_a_class_whose_remedy_says_not_retried() -> None:
     rng = random.Random(1)
     for failure, remedy in remedy_texts():
         obs = Observation(stage_kind="train", failure=failure.value, permanent=failure in PERMANENT)
-        decision = decide(obs, {"num_envs": 128}, Retry(), attempts_in_stage=1, no_progress_streak=1, rng=rng)
+        decision = decide(obs, Plan(num_envs=128), Retry(), attempts_in_stage=1, no_progress_streak=1, rng=rng)
         assert (decision.action == "fail") == remedy.startswith("Not retried"), (failure, decision)
 
 

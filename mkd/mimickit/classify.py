@@ -550,14 +550,15 @@ REMEDIES: dict[FailureClass, str] = {
     "again unchanged, " + _AGAIN + ".",
     _F.PEER_LOST: "A rank lost its root or a peer (the TCPStore host died) and would linger at 100 % GPU: mkd kills "
     "the whole process group and runs it again unchanged, " + _AGAIN + ".",
-    _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error, "
-    "report it.",
+    _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error, report it.",
     _F.LOST: "The shim died without recording how the run ended (mkd killed what was left of its group); mkd "
     "runs it again unchanged, " + _AGAIN + ".",
     _F.UNKNOWN: "No known signature: read the evidence; mkd runs it again unchanged, " + _AGAIN + ".",
 }
 
-PERMANENT: frozenset[FailureClass] = frozenset({_F.CONFIG_ERROR, _F.ENV_MISMATCH, _F.CANCELLED, _F.NAN_DIVERGENCE})
+PERMANENT: frozenset[FailureClass] = frozenset(
+    {_F.CONFIG_ERROR, _F.ENV_MISMATCH, _F.CANCELLED, _F.NAN_DIVERGENCE, _F.MKD_ERROR}
+)
 STAGE_KINDS: tuple[str, ...] = ("train", "warmup", "long_run", "test", "visualize", "probe")
 _TRAINING_STAGES = frozenset({"train", "warmup", "long_run", "probe"})
 _STOP_REASONS = frozenset({_F.STALL, _F.TIMEOUT, _F.CANCELLED})

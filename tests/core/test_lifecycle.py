@@ -151,6 +151,10 @@ def test_a_long_run_resumes_from_its_model_and_counts_samples_on() -> None:
     assert step.plan is not None
     assert (step.plan.model_file, step.plan.max_samples) == ("/m.pt", 700_000)
     assert (step.memory.stage.samples_offset, step.memory.stage.iteration_offset) == (300_000, 10)
+    job = replace(job, plan=step.plan, memory=step.memory)
+    done = step_of(job, PASS, number=2, progress={"samples": 700_000, "iteration": 25})
+    assert done.memory.results["1-long_run"].samples == 1_000_000, "the result counts the resumed run's samples on"
+    assert done.memory.results["1-long_run"].iteration == 35
 
 
 def test_the_probe_ladder_bisects_then_moves_on() -> None:
