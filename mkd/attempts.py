@@ -227,6 +227,8 @@ class AttemptRunner:
         self._launch(job, spec, stage, label, plan, placement, now)
 
     def _place(self, job: JobRecord, spec: JobSpec, plan: dict[str, Any]) -> Placement | str:
+        if not self.executor.places_gpus:
+            return Placement((), ())  # the executor's scheduler (Slurm) chooses the GPUs
         resources = spec.resources
         named = None
         if resources.devices is not None:
@@ -298,7 +300,7 @@ class AttemptRunner:
             spec=spec,
             stage=stage,
             plan=plan,
-            gpu_indices=list(placement.indices),
+            gpu_indices=list(placement.indices) or self._logical_gpus(plan),
             attempt_dir=attempt_dir,
         )
         atomic_write_json(
@@ -349,7 +351,9 @@ class AttemptRunner:
             timeout_seconds=stage_timeout(stage),
             stage_kind=stage.kind,
         )
-        devices = ",".join(f"GPU{i}" for i in placement.indices) or "no GPU"
+        gpus = int(plan.get("gpus", 0))
+        chosen = f"{gpus} GPU(s) the {self.executor.kind} scheduler chooses" if gpus else "no GPU"
+        devices = ",".join(f"GPU{i}" for i in placement.indices) or chosen
         where = f"num_envs={plan.get('num_envs')} on {devices}" if plan.get("num_envs") else f"on {devices}"
         self._set_state(
             job,
@@ -358,6 +362,11 @@ class AttemptRunner:
             plan=plan,
             next_attempt_at=None,
         )
+
+    def _logical_gpus(self, plan: dict[str, Any]) -> list[int]:
+        """Where an outside scheduler places GPUs: cuda:0..n-1 of what it will give (the run inherits its
+        CUDA_VISIBLE_DEVICES on the node); with mkd's own placement, none beyond the placement's."""
+        return [] if self.executor.places_gpus else list(range(int(plan.get("gpus", 0))))
 
     def _derive_agent_config(self, spec: JobSpec, plan: dict[str, Any], attempt_dir: Path) -> dict[str, Any]:
         overrides = plan.get("agent_overrides") or {}
@@ -450,6 +459,9 @@ class AttemptRunner:
             live.pending_reason = status.pending_reason
             if status.pending_reason:
                 self.store.update_job(live.job_id, self.wall(), reason=f"waiting: {status.pending_reason}")
+            elif not status.ended:
+                where = f" on {status.node}" if status.node else ""
+                self.store.update_job(live.job_id, self.wall(), reason=f"running{where} ({_where(live.handle)})")
         if status.granted_gpus is not None and status.granted_gpus != live.granted_gpus:
             live.granted_gpus = status.granted_gpus
             attempt = self.store.get_attempt(live.attempt_id)
@@ -568,6 +580,8 @@ class AttemptRunner:
         self, live: LiveAttempt, exit: ExitRecord, stage: Stage, attempt: AttemptRecord
     ) -> tuple[str | None, tuple[str, ...], bool]:
         """(failure class or None, evidence, permanent) for an ended attempt."""
+        if exit.executor_failure and live.stop_reason is None:  # Slurm ended it (TIMEOUT, NODE_FAIL, ...)
+            return exit.executor_failure, exit.executor_evidence, False
         if exit.lost:
             killed = self.executor.kill_leftovers(live.handle, live.dir)
             evidence = [f"the attempt's shim died without an exit record; {killed} process(es) killed"]

@@ -94,7 +94,14 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
         stream=sys.stderr,
     )
     path = config_path(getattr(args, "config", None))
-    daemon = Daemon(config, layout, reload=(lambda: load_config(path)[0]) if path else None)
+    from mkd.executors import build_executor
+
+    daemon = Daemon(
+        config,
+        layout,
+        reload=(lambda: load_config(path)[0]) if path else None,
+        executor=build_executor(config.executor),
+    )
     try:
         daemon.open()
     except (AlreadyRunning, StoreError) as error:

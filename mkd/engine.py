@@ -49,6 +49,8 @@ class ExitRecord:
     lingering_workers: int
     spawn_error: str | None
     lost: bool = False  # the shim died without writing exit.json
+    executor_failure: str | None = None  # a FailureClass the executor saw (Slurm ended the job: TIMEOUT, NODE_FAIL)
+    executor_evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class Engine:
         """The attempt's end, or None while it runs (its shim writes exit.json, then exits)."""
         if self.shim_alive(handle):
             return None
-        record = _exit_record(attempt_dir)
+        record = exit_record(attempt_dir)
         if record is not None:
             return record
         return ExitRecord(None, None, False, 0, None, lost=True)
@@ -182,7 +184,7 @@ def shim_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _exit_record(attempt_dir: Path) -> ExitRecord | None:
+def exit_record(attempt_dir: Path) -> ExitRecord | None:
     data: Any = read_json(attempt_dir / "exit.json")
     if not isinstance(data, dict):
         return None

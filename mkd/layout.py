@@ -191,6 +191,15 @@ SCHEMA: dict[str, Rule | dict[str, Rule]] = {
     },
     "console_log_max": _SIZE,
     "console_log_backups": Rule("int", low=0),
+    "executor": {
+        "kind": Rule("choice", choices=("local", "slurm")),
+        "partition": _STR,
+        "account": _STR,
+        "qos": _STR,
+        "time_limit": _DURATION,
+        "sbatch_args": Rule("strs"),
+        "gres": _STR,
+    },
 }
 
 
@@ -207,6 +216,11 @@ def _vouched(table: dict[str, Any], schema: dict[str, Rule] | dict[str, Rule | d
     return True
 
 
+def _executor_complete(table: dict[str, Any]) -> bool:
+    """ExecutorConfig's one check across keys: kind = "slurm" needs a partition."""
+    return table.get("kind") != "slurm" or bool(table.get("partition"))
+
+
 def layout_from_text(text: str, base: Path) -> Layout | None:
     """Layout(DaemonConfig from `text`, base) when every key in `text` passes SCHEMA; None
     when this cannot tell (the config may still be valid: validate it the full way)."""
@@ -214,7 +228,7 @@ def layout_from_text(text: str, base: Path) -> Layout | None:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError):
         return None
-    if not _vouched(data, SCHEMA):
+    if not _vouched(data, SCHEMA) or not _executor_complete(data.get("executor", {})):
         return None
     paths = {**DEFAULT_PATHS, **data.get("paths", {})}
     return Layout.of(

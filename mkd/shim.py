@@ -128,6 +128,21 @@ def rotate(console: str | os.PathLike[str], max_bytes: int, backups: int) -> boo
     return True
 
 
+def run_env(env: dict[str, str], inherit: list[str] | tuple[str, ...], own: Any) -> dict[str, str]:
+    """The run's environment: launch.json's, plus the variables named in its inherit_env (a name, or a
+    prefix ending in *) from the shim's own environment. On a Slurm node these are what Slurm chose
+    there (CUDA_VISIBLE_DEVICES, SLURM_JOB_ID), which the daemon cannot know when it writes launch.json."""
+    if not inherit:
+        return env
+    out = dict(env)
+    for name, value in own.items():
+        for pattern in inherit:
+            if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+                out[name] = value
+                break
+    return out
+
+
 class Shim:
     def __init__(self, attempt_dir: str | os.PathLike[str]) -> None:
         self.dir = os.path.abspath(attempt_dir)  # the run's cwd becomes the shim's too (see spawn)
@@ -156,7 +171,8 @@ class Shim:
             signal.signal(sig, self._on_stop)
         console = os.path.abspath(self.launch["console"])
         try:
-            pid = spawn(self.launch["argv"], self.launch["env"], self.launch.get("cwd"), console)
+            env = run_env(self.launch["env"], self.launch.get("inherit_env") or (), os.environ)
+            pid = spawn(self.launch["argv"], env, self.launch.get("cwd"), console)
         except OSError as error:
             self._write("exit.json", {"spawn_error": str(error), "ended_at": time.time()})
             return 0

@@ -302,6 +302,15 @@ REMEDIES: dict[FailureClass, str] = {
     _F.CANCELLED: "Nothing to do: the attempt was cancelled on request.",
     _F.KILLED: "Retry; something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg.",
     _F.LOST: "Retry; the shim died without recording how the run ended (mkd killed what was left of its group).",
+    _F.SLURM_NODE_FAIL: "Resubmit: Slurm lost the node (NODE_FAIL, BOOT_FAIL); a long run resumes from its "
+    "last model.pt.",
+    _F.SLURM_PREEMPTED: "Resubmit: a job of higher priority preempted it; a long run resumes from its last model.pt.",
+    _F.SLURM_TIMEOUT: "Resubmit (a long run resumes from its last model.pt), or raise [executor] time_limit: "
+    "the job reached its Slurm time limit.",
+    _F.SLURM_OOM: 'Lower num_envs, or ask for more memory (sbatch_args = ["--mem=..."]): Slurm killed the job at '
+    "its host memory limit.",
+    _F.SLURM_SUBMIT_REFUSED: "Run `mkd doctor` and check [executor] partition, account and qos: sbatch refused "
+    "the job.",
     _F.UNKNOWN: "Read the evidence; retry once before treating it as permanent.",
 }
 
