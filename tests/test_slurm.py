@@ -253,7 +253,7 @@ def test_a_refused_submission_is_classified_not_unknown(tmp_path: Path, cluster:
     home.env.update(cluster.env)
     try:
         home.start()
-        home.drop("refused.toml", job(stages=long_train(2560), retry='max_attempts = 2\nbackoff = "100ms"'))
+        home.drop("refused.toml", job(stages=long_train(2560), retry="max_attempts = 2"))
         home.wait_state("refused", "failed", timeout=30)
         attempts = home.attempts("refused")
         assert [a["failure_class"] for a in attempts] == ["slurm_submit_refused"] * 2
