@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from mkd.client.doctor_slurm import slurm_checks
+from mkd.config import DaemonConfig, ExecutorConfig
 from tests.harness import Home, mimickit_job, new_token, processes_with_token, wait_for
 from tests.slurm.cluster import Cluster, ClusterError, missing_binaries
 
@@ -274,3 +276,18 @@ def test_stop_signal_reaches_the_shim_not_only_slurms_steps(slurm_home: Home, cl
     (attempt,) = slurm_home.attempts("stubborn")
     record = json.loads((Path(attempt["dir"]) / "exit.json").read_text())
     assert record["stop_requested"] and record["signal"] == signal.SIGKILL
+
+
+def test_doctor_checks_the_commands_accounting_and_the_partition(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+    good = ExecutorConfig(kind="slurm", partition=cluster.partition)
+    lines = [c.render() for c in slurm_checks(DaemonConfig(executor=good))]
+    assert lines[0].startswith("[  ok] Slurm commands found: sbatch, squeue, sacct, scancel, scontrol, sinfo"), lines
+    assert "[  ok] Slurm accounting answers (sacct)" in lines
+    assert any(line.startswith(f"[  ok] partition {cluster.partition}: up, 1 node(s), GRES gpu:2") for line in lines)
+    bad = ExecutorConfig(kind="slurm", partition="nope", gres="gpu")
+    checks = slurm_checks(DaemonConfig(executor=bad))
+    assert [c.level for c in checks][-1] == "fail" and "partition 'nope' does not exist" in checks[-1].what
+    assert slurm_checks(DaemonConfig()) == []  # the local executor: nothing to check

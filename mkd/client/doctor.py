@@ -151,6 +151,12 @@ def env_checks(config: DaemonConfig) -> list[Check]:
     return checks
 
 
+def slurm_checks(config: DaemonConfig) -> list[Check]:
+    from mkd.client.doctor_slurm import slurm_checks as checks  # its own module: see mkd.client.doctor_slurm
+
+    return checks(config)
+
+
 def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None = None) -> int:
     root = Path(mimickit_dir) if mimickit_dir else layout.mimickit_dir
     checks = [
@@ -158,6 +164,7 @@ def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None
         *python_checks(config.mimickit_python, root if root.is_dir() else Path.cwd()),
         *gpu_checks(config),
         *env_checks(config),
+        *slurm_checks(config),
     ]
     for check in checks:
         print(check.render())
