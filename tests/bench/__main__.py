@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bench import bench_intake, bench_metrics, bench_runs, common
+from tests.bench import bench_intake, bench_metrics, bench_runs, bench_slurm, common
 
-GROUPS = {"intake": bench_intake, "runs": bench_runs, "metrics": bench_metrics}
+GROUPS = {"intake": bench_intake, "runs": bench_runs, "metrics": bench_metrics, "slurm": bench_slurm}
 
 
 def main(argv: list[str] | None = None) -> int:
