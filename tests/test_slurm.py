@@ -132,6 +132,8 @@ def test_fast_path_train_then_test_through_slurm(slurm_home: Home, cluster: Clus
         folder = Path(attempt["dir"])
         assert json.loads((folder / "exit.json").read_text())["returncode"] == 0
     assert len({slurm_id(a) for a in attempts}) == 2
+    shown = json.loads(slurm_home.mkd("status", "fast", "--json", check=True).stdout)["attempts"]
+    assert [a["slurm_job_id"] for a in shown] == [slurm_id(a) for a in attempts]  # the join key for node metrics
     test_console = (Path(attempts[1]["dir"]) / "console.log").read_text()
     assert "Mean Return" in test_console
     assert (Path(attempts[0]["dir"]) / "out" / "model.pt").exists()
