@@ -139,6 +139,22 @@ def test_fast_path_train_then_test_through_slurm(slurm_home: Home, cluster: Clus
     assert (Path(attempts[0]["dir"]) / "out" / "model.pt").exists()
 
 
+def test_max_running_still_caps_the_jobs_mkd_has_in_slurm(tmp_path: Path, cluster: Cluster) -> None:
+    extra = f'max_running = 1\n[executor]\nkind = "slurm"\npartition = "{cluster.partition}"\n'
+    home = Home(tmp_path, new_token(), extra_config=extra)
+    home.env.update(cluster.env)
+    try:
+        home.start()
+        for name in ("first", "second"):
+            home.drop(f"{name}.toml", job(stages=long_train(256 * 20)))
+        for name in ("first", "second"):
+            home.wait_state(name, "succeeded", timeout=60)
+        (first,), (second,) = home.attempts("first"), home.attempts("second")
+        assert second["started_at"] >= first["ended_at"], "the second job went to Slurm only after the first ended"
+    finally:
+        assert not home.cleanup()
+
+
 def test_two_gpu_job_gets_both_gpus_and_the_next_waits_with_slurms_reason(slurm_home: Home, cluster: Cluster) -> None:
     slurm_home.start()
     slurm_home.drop("dual.toml", job(devices='["cuda:0", "cuda:1"]', stages=long_train()))
