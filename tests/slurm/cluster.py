@@ -3,10 +3,12 @@
     python -m tests.slurm.cluster start BASE    # prints `export SLURM_CONF=...`; Ctrl-C or `stop` ends it
     python -m tests.slurm.cluster stop BASE
 
-Loopback only, every path (configs, state, spool, logs, pid files, sockets, the database)
-under BASE, two fake GPUs as character device nodes (mknod: Slurm checks that a GPU's
-File is a device; /dev/null twice is refused), proctrack/cgroup so that a cancelled job
-leaves no process, and batch_sched_delay=0 so a job starts within ~0.3 s of its submit.
+Loopback only (slurmd and mariadb bind 127.0.0.1; slurmctld and slurmdbd, which Slurm 22.05
+lets listen on every address, get free high ports of their own), every path (configs, state,
+spool, logs, pid files, sockets, the database) under BASE, two fake GPUs as character device
+nodes (mknod: Slurm checks that a GPU's File is a device; /dev/null twice is refused),
+proctrack/cgroup so that a cancelled job leaves no process, and batch_sched_delay=0 so a job
+starts at its submit rather than at the next scheduler pass.
 Each daemon runs in the foreground (-D) as a child of this process, its pid in BASE/pids;
 every wait has a timeout, and a pid from a pid file is killed only if its command line is
 still that daemon's (pids wrap fast on a busy machine). Needs root (slurmd, mknod).
