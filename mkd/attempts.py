@@ -113,6 +113,11 @@ class AttemptRunner:
             live.pending_reason = status.pending_reason
             if status.pending_reason:
                 self.runs.store.update_job(live.job_id, self.runs.wall(), reason=f"waiting: {status.pending_reason}")
+            elif not status.ended:
+                where = f" on {status.node}" if status.node else ""
+                self.runs.store.update_job(
+                    live.job_id, self.runs.wall(), reason=f"running{where} ({_where(live.handle)})"
+                )
         if status.granted_gpus is not None and status.granted_gpus != live.granted_gpus:
             live.granted_gpus = status.granted_gpus
             attempt = self.runs.store.get_attempt(live.attempt_id)

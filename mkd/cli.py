@@ -90,7 +90,14 @@ def cmd_run(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> i
     faulthandler.enable()  # a watchdog SIGABRT leaves the loop's traceback in the journal
     logsetup.configure(config.log_level, sys.stderr)  # sd-daemon priorities when stderr is journald's
     path = config_path(getattr(args, "config", None))
-    daemon = Daemon(config, layout, reload=(lambda: load_config(path)[0]) if path else None)
+    from mkd.executors import build_executor
+
+    daemon = Daemon(
+        config,
+        layout,
+        reload=(lambda: load_config(path)[0]) if path else None,
+        executor=build_executor(config.executor),
+    )
     try:
         daemon.open()
     except (AlreadyRunning, StoreError) as error:

@@ -60,6 +60,26 @@ class GpuConfig(Frozen):
     memory_freed_below: GpuMemory = 1 * 2**30
 
 
+class ExecutorConfig(Frozen):
+    """Where attempts run: `local` (this host, under the shim) or `slurm` (one batch job per attempt)."""
+
+    kind: Literal["local", "slurm"] = "local"
+    partition: str | None = Field(None, description="Slurm partition; required for kind = 'slurm'.")
+    account: str | None = None
+    qos: str | None = None
+    time_limit: Annotated[timedelta, duration(limits.SLURM_TIME_LIMIT), DURATION_TEXT] = Field(
+        timedelta(0), description="sbatch --time; 0s: the partition's default."
+    )
+    sbatch_args: list[str] = Field(default_factory=list, description="More sbatch options, e.g. ['--mem=64G'].")
+    gres: str = Field("gpu", description="The GRES name of a GPU: --gres=<gres>:<count>.")
+
+    @model_validator(mode="after")
+    def _slurm_needs_partition(self) -> ExecutorConfig:
+        if self.kind == "slurm" and not self.partition:
+            raise ValueError('[executor] kind = "slurm" needs partition = "<a partition of your cluster>"')
+        return self
+
+
 class DaemonConfig(Frozen):
     paths: Paths = Field(default_factory=Paths)
     mimickit_dir: str = "."
@@ -77,6 +97,7 @@ class DaemonConfig(Frozen):
     watch: Watch = Field(default_factory=Watch)
     console_log_max: Annotated[int, size(limits.CONSOLE_LOG_MAX), SIZE_TEXT] = 64 * 2**20
     console_log_backups: Annotated[int, within(limits.CONSOLE_LOG_BACKUPS)] = 3
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @model_validator(mode="after")
     def _preset_names(self) -> DaemonConfig:

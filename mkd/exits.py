@@ -21,6 +21,8 @@ class ExitRecord:
     lingering_workers: int
     spawn_error: str | None
     lost: bool = False  # the shim died without writing exit.json
+    executor_failure: str | None = None  # a FailureClass the executor saw (Slurm ended the job: TIMEOUT, NODE_FAIL)
+    executor_evidence: tuple[str, ...] = ()
 
 
 def read_exit(attempt_dir: Path) -> ExitRecord | None:

@@ -27,6 +27,11 @@ class FailureClass(StrEnum):
     MKD_ERROR = "mkd_error"  # mkd itself failed while judging the attempt (a bug: the evidence says where)
     PEER_LOST = "peer_lost"  # a rank outlived its root or a peer (TCPStore/gloo errors): the group must go
     LOST = "lost"  # the shim died without an exit record (mkd cannot know how the run ended)
+    SLURM_NODE_FAIL = "slurm_node_fail"  # Slurm ended the job: NODE_FAIL or BOOT_FAIL
+    SLURM_PREEMPTED = "slurm_preempted"
+    SLURM_TIMEOUT = "slurm_timeout"  # the job's Slurm time limit (or deadline), not a stage timeout
+    SLURM_OOM = "slurm_oom"  # Slurm's OUT_OF_MEMORY: the job's host memory limit
+    SLURM_SUBMIT_REFUSED = "slurm_submit_refused"  # sbatch gave no job id
     UNKNOWN = "unknown"
 
 

@@ -105,6 +105,8 @@ class Launcher:
         self._launch(job, spec, stage, label, plan, placement, now)
 
     def _place(self, job: JobRecord, spec: JobSpec, plan: Plan) -> Placement | str:
+        if not self.runs.executor.places_gpus:
+            return Placement((), ())  # the executor's scheduler (Slurm) chooses the GPUs
         resources = spec.resources
         named = None
         if resources.devices is not None:
@@ -190,7 +192,8 @@ class Launcher:
             timeout_seconds=stage_timeout(stage),
             stage_kind=stage.kind,
         )
-        devices = ",".join(f"GPU{i}" for i in placement.indices) or "no GPU"
+        chosen = f"{plan.gpus} GPU(s) the {self.runs.executor.kind} scheduler chooses" if plan.gpus else "no GPU"
+        devices = ",".join(f"GPU{i}" for i in placement.indices) or chosen
         where = f"num_envs={plan.num_envs} on {devices}" if plan.num_envs else f"on {devices}"
         reason = f"attempt {attempt.number} ({label}) started, {where}"
         self.runs.set_state(job, JobState.RUNNING, reason, plan=plan, next_attempt_at=None)
@@ -214,7 +217,7 @@ class Launcher:
             spec=spec,
             stage=stage,
             plan=plan,
-            gpu_indices=list(plan.gpu_indices),
+            gpu_indices=list(plan.gpu_indices) or self._logical_gpus(plan),
             attempt_dir=attempt_dir,
         )
         atomic_write_json(
@@ -240,6 +243,11 @@ class Launcher:
             gpu_count=plan.gpus,
             gpu_indices=plan.gpu_indices,
         )
+
+    def _logical_gpus(self, plan: Plan) -> list[int]:
+        """Where an outside scheduler places GPUs: cuda:0..n-1 of what it will give (the run inherits its
+        CUDA_VISIBLE_DEVICES on the node); with mkd's own placement, none beyond the placement's."""
+        return [] if self.runs.executor.places_gpus else list(range(plan.gpus))
 
     def _derive_agent_config(self, spec: JobSpec, plan: Plan, attempt_dir: Path) -> Plan:
         overrides = plan.agent_overrides

@@ -203,6 +203,15 @@ SCHEMA: dict[str, Rule | dict[str, Rule]] = {
     },
     "console_log_max": _size(limits.CONSOLE_LOG_MAX),
     "console_log_backups": Rule("int", limits.CONSOLE_LOG_BACKUPS),
+    "executor": {
+        "kind": Rule("choice", choices=("local", "slurm")),
+        "partition": _STR,
+        "account": _STR,
+        "qos": _STR,
+        "time_limit": _duration(limits.SLURM_TIME_LIMIT),
+        "sbatch_args": Rule("strs"),
+        "gres": _STR,
+    },
 }
 
 
@@ -219,6 +228,11 @@ def _vouched(table: dict[str, Any], schema: dict[str, Rule] | dict[str, Rule | d
     return True
 
 
+def _executor_complete(table: dict[str, Any]) -> bool:
+    """ExecutorConfig's one check across keys: kind = "slurm" needs a partition."""
+    return table.get("kind") != "slurm" or bool(table.get("partition"))
+
+
 def layout_from_text(text: str, base: Path) -> Layout | None:
     """Layout(DaemonConfig from `text`, base) when every key in `text` passes SCHEMA; None
     when this cannot tell (the config may still be valid: validate it the full way)."""
@@ -226,7 +240,7 @@ def layout_from_text(text: str, base: Path) -> Layout | None:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError):
         return None
-    if not _vouched(data, SCHEMA):
+    if not _vouched(data, SCHEMA) or not _executor_complete(data.get("executor", {})):
         return None
     paths = {**DEFAULT_PATHS, **data.get("paths", {})}
     return Layout.of(

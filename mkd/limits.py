@@ -46,3 +46,4 @@ PORT = Between(0, 65535)
 RETENTION = duration_between("0s", "30d")
 SAMPLE_EVERY = duration_between("10ms", "1h")
 GPU_MEMORY = size_between("0B", "1TiB")  # busy_memory, memory_freed_below
+SLURM_TIME_LIMIT = duration_between("0s", "365d")  # [executor] time_limit; 0s: the partition's default

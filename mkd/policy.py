@@ -34,6 +34,12 @@ DEFAULT_STEPS: dict[str, tuple[ClassAction, ...]] = {
     "killed": ("retry",),
     "peer_lost": ("retry",),  # kill the whole group, run again
     "lost": ("retry",),
+    # Slurm-level ends (mkd.executors.slurm): a new job; a long run resumes from its last model.pt
+    "slurm_node_fail": ("retry",),
+    "slurm_preempted": ("retry",),
+    "slurm_timeout": ("retry",),
+    "slurm_oom": ("step_down",),  # host memory grows with num_envs
+    "slurm_submit_refused": ("retry",),  # a controller away for a restart; a bad partition ends at max_attempts
     "unknown": ("retry",),
     "nan_divergence": ("give_up",),
     "env_mismatch": ("give_up",),

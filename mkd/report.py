@@ -73,6 +73,7 @@ def attempt_dict(a: AttemptRecord, *, full: bool = False) -> dict[str, Any]:
         "signal": a.signal,
         "num_envs": a.params.num_envs,
         "gpus": list(a.params.gpu_indices),
+        "slurm_job_id": a.run_ref.get("slurm_job_id"),  # with [executor] kind = "slurm"
         "dir": a.dir,
         "started_at": a.started_at,
         "ended_at": a.ended_at,

@@ -151,6 +151,21 @@ def rotate(console: str | os.PathLike[str], max_bytes: int, backups: int) -> boo
     return True
 
 
+def run_env(env: dict[str, str], inherit: list[str] | tuple[str, ...], own: Any) -> dict[str, str]:
+    """The run's environment: launch.json's, plus the variables named in its inherit_env (a name, or a
+    prefix ending in *) from the shim's own environment. On a Slurm node these are what Slurm chose
+    there (CUDA_VISIBLE_DEVICES, SLURM_JOB_ID), which the daemon cannot know when it writes launch.json."""
+    if not inherit:
+        return env
+    out = dict(env)
+    for name, value in own.items():
+        for pattern in inherit:
+            if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+                out[name] = value
+                break
+    return out
+
+
 class Shim:
     def __init__(self, attempt_dir: str | os.PathLike[str]) -> None:
         self.dir = os.path.abspath(attempt_dir)  # the run's cwd becomes the shim's too (see spawn)
@@ -185,6 +200,7 @@ class Shim:
             env[RUN_ID_VAR] = run_id
         cgroup = self._cgroup_for_the_run()
         try:
+            env = run_env(env, self.launch.get("inherit_env") or (), os.environ)
             pid = spawn(self.launch["argv"], env, self.launch.get("cwd"), console)
         except OSError as error:
             self._leave_cgroup(cgroup, remove=True)

@@ -65,6 +65,8 @@ def judge(end: AttemptEnd) -> Verdict:
 
 def _failure(end: AttemptEnd) -> tuple[FailureClass | None, tuple[str, ...], bool]:
     exit = end.exit
+    if exit.executor_failure and end.stop_reason is None:  # the executor ended it (Slurm: TIMEOUT, NODE_FAIL)
+        return _as_failure(exit.executor_failure), exit.executor_evidence or (exit.executor_failure,), False
     if exit.lost:
         evidence = [f"the attempt's shim died without an exit record; {end.leftovers_killed} process(es) killed"]
         if end.disk_full:

@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 
 from mkd.bounded import Within
 from mkd.client.install_service import config_template, render_config
-from mkd.config import DaemonConfig, Paths, default_config_text
+from mkd.config import DaemonConfig, ExecutorConfig, Paths, default_config_text
 from mkd.jobfile import JobFileError, load_text
 from mkd.layout import DEFAULT_MIMICKIT_DIR, DEFAULT_PATHS, SCHEMA, Layout, Rule, layout_from_text
 from mkd.quantities import Between, parse_duration, parse_size
@@ -105,6 +105,8 @@ def test_validators_only_read_keys_the_rules_leave_to_pydantic() -> None:
             assert not set(decorator.info.fields) & set(rules), f"{section} validator {name} reads a vouched key"
         assert not decorators.validators and not decorators.root_validators
         expected = {"_preset_names"} if model is DaemonConfig else set()
+        if model is ExecutorConfig:  # partition required for slurm: mirrored by layout._executor_complete
+            expected = {"_slurm_needs_partition"}
         assert set(decorators.model_validators) == expected, section
     # _preset_names reads these two; neither is vouched for, so a config that sets them goes to pydantic
     assert "nccl_presets" not in SCHEMA
@@ -210,6 +212,10 @@ FILES = [
     '[retry]\non = { A = "retry" }\n',
     "[watch.deeper]\nx = 1\n",
     '"paths.state_dir" = "x"\n',
+    '[executor]\nkind = "slurm"\n',  # invalid: no partition
+    '[executor]\nkind = "slurm"\npartition = ""\n',
+    '[executor]\nkind = "slurm"\npartition = "gpu"\nsbatch_args = ["--mem=8G"]\ntime_limit = "2h"\n',
+    '[executor]\nkind = "local"\nnodes = 2\n',  # unknown key
 ]
 
 

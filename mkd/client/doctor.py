@@ -151,6 +151,12 @@ def env_checks(config: DaemonConfig) -> list[Check]:
     return checks
 
 
+def slurm_checks(config: DaemonConfig) -> list[Check]:
+    from mkd.client.doctor_slurm import slurm_checks as checks  # its own module: see mkd.client.doctor_slurm
+
+    return checks(config)
+
+
 def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None = None) -> int:
     from mkd.client.doctor_procs import procs_checks  # here: it imports Check from this module
 
@@ -161,6 +167,7 @@ def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None
         *gpu_checks(config),
         *env_checks(config),
         *procs_checks(),
+        *slurm_checks(config),
     ]
     for check in checks:
         print(check.render())

@@ -38,6 +38,15 @@ def _progress(progress: dict[str, Any]) -> str:
     return ", ".join(bits) or "-"
 
 
+def _granted(params: dict[str, Any]) -> str:
+    """GPUs an outside scheduler gave the run, as NODE:GPU,GPU (Slurm's SLURM_JOB_GPUS on that node)."""
+    gpus = params.get("granted_gpus")
+    if not gpus:
+        return "-"
+    node = params.get("node")
+    return f"{node}:gpu{','.join(gpus)}" if node else f"gpu{','.join(gpus)}"
+
+
 def rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
     now = time.time()
     out = []
@@ -49,7 +58,7 @@ def rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
                 "state": row["state"],
                 "stage": row["stage"],
                 "attempt": row["attempt"],
-                "devices": ",".join(f"cuda:{i}" for i in params.get("gpu_indices", [])) or "-",
+                "devices": ",".join(f"cuda:{i}" for i in params.get("gpu_indices", [])) or _granted(params),
                 "num_envs": row["num_envs"],
                 "progress": row["progress"] or {},
                 "age_seconds": now - row["submitted_at"],

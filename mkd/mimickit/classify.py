@@ -553,6 +553,16 @@ REMEDIES: dict[FailureClass, str] = {
     _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error, report it.",
     _F.LOST: "The shim died without recording how the run ended (mkd killed what was left of its group); mkd "
     "runs it again unchanged, " + _AGAIN + ".",
+    _F.SLURM_NODE_FAIL: "Slurm lost the node (NODE_FAIL, BOOT_FAIL): mkd submits a new job and runs it again "
+    "unchanged (a long run resumes from its last model.pt), " + _AGAIN + ".",
+    _F.SLURM_PREEMPTED: "A job of higher priority preempted it: mkd submits a new job and runs it again unchanged "
+    "(a long run resumes from its last model.pt), " + _AGAIN + ".",
+    _F.SLURM_TIMEOUT: "The job reached its Slurm time limit: mkd submits a new job and runs it again unchanged (a "
+    "long run resumes from its last model.pt), " + _AGAIN + "; or raise [executor] time_limit.",
+    _F.SLURM_OOM: "Slurm killed the job at its host memory limit: mkd retries with a lower num_envs; or ask for "
+    'more memory (sbatch_args = ["--mem=..."]).',
+    _F.SLURM_SUBMIT_REFUSED: "sbatch refused the job (a controller away for a restart, or a bad partition, account "
+    "or qos): mkd runs it again unchanged, " + _AGAIN + "; run `mkd doctor` and check [executor].",
     _F.UNKNOWN: "No known signature: read the evidence; mkd runs it again unchanged, " + _AGAIN + ".",
 }
 

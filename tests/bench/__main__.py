@@ -17,9 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bench import bench_intake, bench_metrics, bench_runs, bench_shared_gpu, common
+from tests.bench import bench_intake, bench_metrics, bench_runs, bench_shared_gpu, bench_slurm, common
 
-GROUPS = {"intake": bench_intake, "runs": bench_runs, "metrics": bench_metrics, "shared_gpu": bench_shared_gpu}
+GROUPS = {
+    "intake": bench_intake,
+    "runs": bench_runs,
+    "metrics": bench_metrics,
+    "shared_gpu": bench_shared_gpu,
+    "slurm": bench_slurm,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
