@@ -177,7 +177,7 @@ class AttemptRunner:
         busy = {a.job_id for a in self.live.values()}
         self._next_due_wall = None
         for job in self.store.jobs(set(LIVE)):
-            if job.job_id in busy:
+            if job.job_id in busy or job.state == JobState.HELD:
                 continue
             if job.cancel_requested:
                 self._set_state(job, JobState.CANCELLED, "cancelled before it started")
@@ -527,7 +527,7 @@ class AttemptRunner:
         live.stop_reason = reason
         live.stop_evidence = tuple(evidence)
         live.stop_sent_mono = now
-        if reason not in ("cancelled", PASSED_EARLY, "shutdown"):
+        if reason not in ("cancelled", PASSED_EARLY, "shutdown", "paused"):
             postmortem.write_bundle(live.dir, live.console, self.gpu, child_info(live.dir))
         self._event(live.job_id, "stop", f"stopping attempt: {reason}", {"evidence": list(evidence)})
         self.store.update_attempt(live.attempt_id, state=AttemptState.STOPPING, stop_reason=reason)
@@ -558,7 +558,7 @@ class AttemptRunner:
         )
         if exit.lingering_workers:
             self._event(job.job_id, "workers", f"{exit.lingering_workers} worker(s) outlived the root; killed")
-        if failure and failure != "cancelled":
+        if failure and failure not in ("cancelled", "paused"):
             self._event(job.job_id, "failure", f"attempt {attempt.number}: {failure}", {"evidence": list(evidence)})
         had_progress = live.last is not None or live.parser.test_result is not None
         attempt = replace(attempt, progress=progress)
@@ -640,6 +640,13 @@ class AttemptRunner:
         if failure == "cancelled" or job.cancel_requested:
             self.store.update_job(job.job_id, self.wall(), stage_data=data)
             self._set_state(job, JobState.CANCELLED, "cancelled")
+            return
+        if failure == "paused":  # mkd pause: held; `mkd resume` goes on from the last model.pt
+            data["attempts"] = max(0, int(data["attempts"]) - 1)  # a pause is no failed try
+            resumable = stage.kind in ("train", "warmup", "long_run")
+            plan = self._resume_plan(dict(job.plan), attempt, data) if resumable else dict(job.plan)
+            self.store.update_job(job.job_id, self.wall(), stage_data=data)
+            self._set_state(job, JobState.HELD, f"paused at attempt {attempt.number}; `mkd resume` goes on", plan=plan)
             return
         label = stage.label(job.stage_index)
         if stage.kind == "probe" and (failure is None or failure in CAPACITY_FAILURES):

@@ -22,9 +22,11 @@ from typing import Any
 from mkd import report
 from mkd.attempts import AttemptRunner
 from mkd.config import DaemonConfig, Layout
+from mkd.control import ControlFiles
 from mkd.executors.base import Executor
 from mkd.gpus import GpuReading, GpuSampler
 from mkd.intake import Intake
+from mkd.leftovers import remove_dead_temp_files
 from mkd.sdnotify import Notifier
 from mkd.snapshot import DaemonView
 from mkd.store import Store, StoreError
@@ -77,6 +79,7 @@ class Daemon:
         self.store: Store
         self.intake: Intake
         self.runner: AttemptRunner
+        self.control: ControlFiles
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -96,6 +99,8 @@ class Daemon:
             executor=self.executor,
         )
         self.runner.gpu = self.sampler.sample()
+        remove_dead_temp_files(self.layout)
+        self.control = ControlFiles(self.layout, self.store, self.runner, on_shutdown=self._shutdown, wall=self.wall)
         recovered = self.intake.recover_claims()
         if recovered.accepted or recovered.rejected:
             log.info("finished interrupted intake: %s", recovered)
@@ -155,16 +160,12 @@ class Daemon:
         self._tick_seconds = self.clock() - started
 
     def _control(self, now: float) -> None:
-        for path in sorted(self.layout.control.iterdir()):
-            name = path.name
-            if name.startswith("."):
-                continue
-            if name.endswith(".cancel"):
-                self.runner.request_cancel(name[: -len(".cancel")], now, source=f"control file {name}")
-            elif name in ("shutdown", "shutdown-stop-runs"):
-                self.stop_requests = max(self.stop_requests, 1)
-                self.shutdown_stop_runs = self.shutdown_stop_runs or name == "shutdown-stop-runs"
-            path.unlink(missing_ok=True)
+        self.control.scan(now)
+
+    def _shutdown(self, stop_runs: bool) -> None:
+        """A shutdown control file: as SIGTERM (or stop every run first)."""
+        self.stop_requests = max(self.stop_requests, 1)
+        self.shutdown_stop_runs = self.shutdown_stop_runs or stop_runs
 
     def _intake(self, now: float) -> None:
         if self.stop_requests:

@@ -33,6 +33,7 @@ class StopReason(StrEnum):
 
     CANCELLED = "cancelled"  # mkd cancel or a cancel control file
     SHUTDOWN = "shutdown"  # mkd shutdown --stop-runs
+    PAUSED = "paused"  # mkd pause: the job is held, `mkd resume` continues it from its last model.pt
     PROBE_PASSED = "probe_passed"  # a probe rung proved itself early: a pass, not a failure
     STALL = "stall"
     TIMEOUT = "timeout"

@@ -36,12 +36,15 @@ _PROGRESS = re.compile(
 _MULTI = re.compile(r"^(?:Using master port:|\[rank[1-9]\d*\]:|Process (?:\w+)?Process-\d+:)", re.MULTILINE)
 
 
-def explain_main(argv: list[str]) -> int:
-    """CLI entry: 0 when the log was read (classified or found fine), 2 when it could not be read."""
-    parser = argparse.ArgumentParser(prog="mkd explain", description="Classify a MimicKit console log.")
-    parser.add_argument("logfile", metavar="LOGFILE", type=Path, help="a MimicKit console log (stdout+stderr)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """LOGFILE and --json, in either order (defined with the rest of the CLI in mkd.cli)."""
+    from mkd.cli import explain_arguments
+
+    explain_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when the log was read (classified or found fine), 2 when it could not be read."""
     try:
         report = explain_report(args.logfile)
     except OSError as exc:
@@ -49,6 +52,13 @@ def explain_main(argv: list[str]) -> int:
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
+
+
+def explain_main(argv: list[str]) -> int:
+    """CLI entry: 0 when the log was read (classified or found fine), 2 when it could not be read."""
+    parser = argparse.ArgumentParser(prog="mkd explain", description="Classify a MimicKit console log.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def explain_file(path: Path, *, multi_device: bool | None = None) -> str:
