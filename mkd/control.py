@@ -28,6 +28,7 @@ from mkd.store import JobRecord, Store, StoreError
 
 log = logging.getLogger("mkd.control")
 MAX_BODY_BYTES = 64 * 1024
+SETTLE_SECONDS = 0.25  # a file written in place is read once it has not changed for this long
 # what a retry keeps of the finished job's stage data (what later stages use), as a stage advance does
 KEPT_BY_RETRY = ("models", "latest_model", "num_envs", "results", "fallbacks", "gpu_seconds_probing", "sweep_best")
 
@@ -58,6 +59,7 @@ class ControlFiles:
         self.wall = wall
         # a file's mtime is real time, whatever clock the daemon is given
         self.started_at = time.time() if started_at is None else started_at
+        self._settling = False
         self.handlers: dict[str, Handler] = {
             "cancel": self._cancel,
             "pause": self._pause,
@@ -74,9 +76,14 @@ class ControlFiles:
             entries = sorted(os.scandir(self.layout.control), key=lambda e: e.name)
         except FileNotFoundError:
             return
+        wall = time.time()
+        self._settling = False
         for entry in entries:
             if entry.name.startswith("."):
-                continue  # a write in progress (atomic_write's temp file) or a reply
+                continue  # a write in progress (atomic_write's temp file)
+            if _written_within(entry, wall, SETTLE_SECONDS):
+                self._settling = True  # perhaps still being written in place (`echo ... > JOB.priority`)
+                continue
             try:
                 self._one(Path(entry.path), now)
             except StoreError:
@@ -87,6 +94,10 @@ class ControlFiles:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+
+    def seconds_until_due(self) -> float | None:
+        """How soon to look again: a file left to settle is read at the next look, not the next tick."""
+        return SETTLE_SECONDS if self._settling else None
 
     # --- one file ---------------------------------------------------------------------------
 
@@ -225,6 +236,13 @@ class ControlFiles:
         stop_runs = request.verb == "shutdown-stop-runs"
         self.on_shutdown(stop_runs)
         return "stopping every run, then exiting" if stop_runs else "exiting; runs keep going"
+
+
+def _written_within(entry: os.DirEntry[str], wall: float, seconds: float) -> bool:
+    try:
+        return wall - entry.stat(follow_symlinks=False).st_mtime < seconds
+    except OSError:
+        return False
 
 
 def _stage_index(wanted: Any, stages: list[Any], default: int) -> int:

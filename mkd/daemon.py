@@ -234,7 +234,11 @@ class Daemon:
     def _sleep_seconds(self, period: float) -> float:
         """The loop's period, cut short for the next watchdog ping or the end of a retry's backoff."""
         now = self.clock()
-        deadlines = (self.notifier.seconds_until_watchdog(now), self.runner.seconds_until_due())
+        deadlines = (
+            self.notifier.seconds_until_watchdog(now),
+            self.runner.seconds_until_due(),
+            self.control.seconds_until_due(),
+        )
         return min([period, *(d for d in deadlines if d is not None)])
 
     def run(self) -> int:
