@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
             "mkd status --json",
             "mkd status JOB --json",
             "mkd status --all",
-            "mkd status --watch",
+            "mkd status --watch --interval 1",
         ),
         layout_only=True,
     )
@@ -661,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor",
         cmd_doctor,
         "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs",
-        ("mkd doctor",),
+        ("mkd doctor", "mkd doctor --mimickit-dir MIMICKIT_DIR"),
     )
     cmd.add_argument("--mimickit-dir", help="MimicKit checkout to check (default: the config's)")
     cmd = add(
@@ -683,7 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
         "install-service",
         cmd_install_service,
         "install (or --uninstall) the systemd unit and directories",
-        ("mkd install-service --dry-run", "mkd install-service --prefix /", "mkd install-service --uninstall"),
+        (
+            "mkd install-service --dry-run",
+            "mkd install-service --prefix /",
+            "mkd install-service --uninstall",
+            "mkd install-service --prefix DIR --python PYTHON --user mkd --group mkd-submit",
+        ),
     )
     install_service_arguments(cmd)
     return parser
