@@ -20,8 +20,10 @@ from mkd.mimickit.logtxt import Value, parse_log_txt
 from mkd.store import Store
 
 EXIT_NO_MATPLOTLIB = 6
-FAILED_COLOUR = "#d62728"
+FAILED_COLOUR = "#ff0000"  # in no colour of the curves (matplotlib's cycle has no pure red)
 RETURN_COLUMNS = ("Train_Return", "Test_Return")
+# matplotlib's tab10 without its red, which would read as a failure mark
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 @dataclass
@@ -91,19 +93,29 @@ def render(pieces: list[Piece], output: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, (ret, loss, rate) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    palette = PALETTE
+    colours: dict[str, str] = {}
+    labelled: set[str] = set()
+
+    def draw(axis: Any, column: str, xs: list[float], ys: list[float]) -> None:
+        """One metric keeps its colour across attempts and is named once in the legend."""
+        colour = colours.setdefault(column, palette[len(colours) % len(palette)])
+        label = None if column in labelled else column
+        labelled.add(column)
+        axis.plot(xs, ys, marker=".", color=colour, label=label)
+
     for piece in pieces:
         xs = [piece.offset + float(r["Samples"]) for r in piece.rows if "Samples" in r]
         for column in RETURN_COLUMNS:
-            ys = [_num(r.get(column)) for r in piece.rows]
-            ret.plot(xs, ys, marker=".", label=f"{column} #{piece.number}")
+            draw(ret, column, xs, [_num(r.get(column)) for r in piece.rows])
         losses = sorted({k for r in piece.rows for k in r if k.endswith("_Loss")})
         for column in losses:
-            loss.plot(xs, [_num(r.get(column)) for r in piece.rows], marker=".", label=f"{column} #{piece.number}")
+            draw(loss, column, xs, [_num(r.get(column)) for r in piece.rows])
         rates = samples_per_second(piece.rows)
-        rate.plot([piece.offset + s for s, _ in rates], [v for _, v in rates], marker=".", label=f"#{piece.number}")
+        draw(rate, "samples/s", [piece.offset + s for s, _ in rates], [v for _, v in rates])
         end = xs[-1] if xs else piece.offset
         if piece.test_return is not None:
-            ret.plot([end], [piece.test_return], marker="*", markersize=14, linestyle="", label=f"test #{piece.number}")
+            draw(ret, "test stage: Mean Return", [end], [piece.test_return])
         for axis in (ret, loss, rate):
             axis.axvline(piece.offset, color="grey", linestyle="--", linewidth=0.8)
         ret.annotate(
@@ -122,7 +134,7 @@ def render(pieces: list[Piece], output: Path, title: str) -> None:
             ret.plot([end], [last_return], marker="X", markersize=14, color=FAILED_COLOUR, linestyle="")
             ret.annotate(
                 f"{piece.failure}",
-                (end, 0.02),
+                (end, 0.45),
                 xycoords=("data", "axes fraction"),
                 color=FAILED_COLOUR,
                 fontsize=9,
