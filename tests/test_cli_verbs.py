@@ -151,6 +151,8 @@ def test_pause_and_resume_a_queued_and_a_running_job(home: Home) -> None:
     # a queued job: held at once, by the CLI
     assert home.mkd("pause", "gpu").returncode == 0
     assert home.state("gpu") == "held"
+    waited = home.mkd("wait", "gpu", "--timeout", "1s")
+    assert waited.returncode == 5 and "gpu is held" in waited.stderr and "mkd resume gpu" in waited.stderr
     # a running job: stopped at its checkpoint, then held; by a file drop
     wait_for(lambda: (home.attempts("long") or [{}])[-1].get("progress", {}).get("iteration", 0) >= 2, 30, "progress")
     drop_control(home, "long.pause")

@@ -62,6 +62,7 @@ def wait_jobs(
                 return EXIT_NOT_FOUND
             ids.append(job.job_id)
         reported: set[str] = set()
+        held: set[str] = set()
         drawn = 0
         warned = False
         while True:
@@ -76,6 +77,9 @@ def wait_jobs(
                 drawn = len(jobs)
                 stream.flush()
             for job in jobs:
+                if job is not None and job.state == "held" and job.job_id not in held:
+                    held.add(job.job_id)  # it will not end by itself
+                    print(f"mkd: {job.job_id} is held ({job.reason}); `mkd resume {job.job_id}`", file=sys.stderr)
                 if job is not None and job.state.finished and job.job_id not in reported:
                     reported.add(job.job_id)
                     if not tty:
