@@ -16,7 +16,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,11 +106,13 @@ class Forms:
     def __init__(self, home: Home) -> None:
         self.home = home
         self.n = 0
+        self.lock = threading.Lock()
         self.done = "done"
 
     def fresh(self, prefix: str) -> str:
-        self.n += 1
-        return f"{prefix}{self.n:02d}"
+        with self.lock:
+            self.n += 1
+            return f"{prefix}{self.n:02d}"
 
     def job_for(self, verb: str) -> str:
         home = self.home
@@ -183,29 +187,36 @@ def test_every_documented_form_runs_against_a_real_daemon(home: Home, tmp_path_f
     home.drop("done.toml", QUICK)
     home.wait_state("done", "succeeded", timeout=60)
     maker = Forms(home)
-    failures = []
-    ran = 0
+    failures: list[str] = []
     last = [f for f in forms if verb_of(shlex.split(f)) == "shutdown" and "--help" not in f]
-    for form in [f for f in forms if f not in last] + last:
+    daemons = [f for f in forms if verb_of(shlex.split(f)) == "run" and "--help" not in f]
+    others = [f for f in forms if f not in last and f not in daemons]
+
+    def one(form: str) -> str | None:
         words = shlex.split(form)
         verb = verb_of(words)
-        if verb == "run" and "--help" not in words:
-            failures += _run_daemon_form(form, tmp_path_factory.mktemp("run"))
-            ran += 1
-            continue
-        argv = maker.argv(form)
         started = time.monotonic()
-        code, output = _run(home, argv, verb, words)
+        code, output = _run(home, maker.argv(form), verb, words)
         print(f"{time.monotonic() - started:5.1f} s  exit {code}  {form}")
-        ran += 1
         allowed = (0, 1) if verb == "doctor" else (0,)  # doctor's verdict depends on the host
         if code not in allowed or "Traceback" in output:
-            failures.append(f"{form!r} -> exit {code}:\n{output[-1500:]}")
-        if verb == "shutdown" and "--help" not in words:
-            assert home.proc is not None
-            assert home.proc.wait(30) == 0, f"{form} did not stop the daemon"
-            home.stop()  # forgets its metrics.port, so start() waits for the next daemon's
-            home.start()
+            return f"{form!r} -> exit {code}:\n{output[-1500:]}"
+        return None
+
+    # three at a time: each form gets jobs of its own, and none of them touches another's
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        failures += [f for f in pool.map(one, others) if f]
+    for form in daemons:
+        failures += _run_daemon_form(form, tmp_path_factory.mktemp("run"))
+    for form in last:
+        problem = one(form)
+        if problem:
+            failures.append(problem)
+        assert home.proc is not None
+        assert home.proc.wait(30) == 0, f"{form} did not stop the daemon"
+        home.stop()  # forgets its metrics.port, so start() waits for the next daemon's
+        home.start()
+    ran = len(others) + len(daemons) + len(last)
     assert ran == len(forms)
     assert not failures, "\n\n".join(failures)
     home.stop()
