@@ -183,7 +183,7 @@ class AttemptRunner:
         live.stop_reason = reason
         live.stop_evidence = tuple(evidence)
         live.stop_sent_mono = now
-        if reason not in ("cancelled", PASSED_EARLY, "shutdown"):
+        if reason not in ("cancelled", PASSED_EARLY, "shutdown", "paused"):
             postmortem.write_bundle(live.dir, live.console, self.runs.gpu, child_info(live.dir))
         self.runs.event(live.job_id, "stop", f"stopping attempt: {reason}", {"evidence": list(evidence)})
         self.runs.store.update_attempt(live.attempt_id, state=AttemptState.STOPPING, stop_reason=reason)
@@ -218,7 +218,7 @@ class AttemptRunner:
         )
         if exit.lingering_workers:
             self.runs.event(job.job_id, "workers", f"{exit.lingering_workers} worker(s) outlived the root; killed")
-        if failure and failure != "cancelled":
+        if failure and failure not in ("cancelled", "paused"):
             self.runs.event(job.job_id, "failure", f"attempt {attempt.number}: {failure}", {"evidence": list(evidence)})
         had_progress = live.last is not None or live.parser.test_result is not None
         attempt = replace(attempt, progress=progress)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from mkd.fsutil import atomic_write
 from mkd.layout import Layout, layout_from_text
 from mkd.store import Store, StoreError
 
@@ -115,12 +114,63 @@ def cmd_validate(args: argparse.Namespace, config: DaemonConfig, layout: Layout)
 def cmd_submit(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
     from mkd.client.submit import submit_file
 
-    return submit_file(args.file, args.name, args.timeout, config, layout)
+    name = args.name[: -len(".toml")] if args.name and args.name.endswith(".toml") else args.name  # not x.toml.toml
+    since = time.time()
+    done = submit_file(args.file, name, args.timeout, config, layout)
+    if done != 0 or not args.wait:
+        return done
+    return _follow_submitted(layout, name or _submitted_name(args.file), since)
+
+
+def _submitted_name(file: str) -> str:
+    """The name a submitted file is dropped under when --name is not given: its [job] name, or its stem."""
+    from mkd.jobfile import JobFileError, load_job_file
+
+    try:
+        return load_job_file(Path(file)).job.name or Path(file).stem
+    except (JobFileError, OSError):
+        return Path(file).stem
+
+
+def _follow_submitted(layout: Layout, name: str, since: float) -> int:
+    """submit --wait: the daemon's job id for the file, then `mkd wait` on it."""
+    from mkd.client.waiting import wait_jobs
+
+    job_id = _submitted_job(layout, name, since)
+    if job_id is None:
+        error = layout.rejected / f"{name}.toml.error"
+        if error.exists():
+            sys.stderr.write(f"mkd: rejected ({error}):\n" + error.read_text(encoding="utf-8", errors="replace"))
+        else:
+            print(f"mkd: the daemon has not taken {name}.toml yet (is it running? `mkd status`)", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"job {job_id}")
+    return wait_jobs(layout, [job_id])
+
+
+def _submitted_job(layout: Layout, name: str, since: float, timeout: float = 30.0) -> str | None:
+    """The id the daemon gave the file just submitted as `name`, or None (rejected, or not taken in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        store = _open_store(layout)
+        if store is not None:
+            with _closing(store):
+                job = store.find_job(name)
+                if job is not None and job.submitted_at >= since - 1.0:
+                    return job.job_id
+        if (layout.rejected / f"{name}.toml.error").exists():
+            return None
+        time.sleep(0.1)
+    return None
 
 
 def cmd_status(args: argparse.Namespace, layout: Layout) -> int:
     from mkd.client import status_view
 
+    if args.watch:
+        from mkd.client.watch_view import watch_status
+
+        return watch_status(layout, show_all=args.all, interval=args.interval, job=args.job)
     store = _open_store(layout)
     if args.job and (store is None or store.find_job(args.job) is None):
         from mkd.client.rejected import show_rejected
@@ -135,33 +185,146 @@ def cmd_status(args: argparse.Namespace, layout: Layout) -> int:
         return 0
     with _closing(store):
         if args.job:
-            return status_view.show_job(store, args.job, as_json=args.json)
-        return status_view.show_table(store, as_json=args.json, show_all=args.all)
+            code = status_view.show_job(store, args.job, as_json=args.json, rejected=layout.rejected)
+        else:
+            code = status_view.show_table(store, as_json=args.json, show_all=args.all)
+    _banner_if_down(layout)
+    return code
+
+
+def _banner_if_down(layout: Layout) -> None:
+    from mkd.client.daemon_lock import lock_holder, not_running_banner
+
+    if lock_holder(layout) is None:
+        print(f"mkd: {not_running_banner(layout)}", file=sys.stderr)
+
+
+def _known_job(layout: Layout, name: str) -> bool:
+    """Whether the store has a job `name` (by id or name); says so when it has not."""
+    store = _open_store(layout)
+    job = None
+    if store is not None:
+        with _closing(store):
+            job = store.find_job(name)
+    if job is None:
+        from mkd.client.status_view import no_job
+
+        no_job(name, layout.rejected)
+        return False
+    return True
+
+
+def _ask(layout: Layout, verb: str, job: str | None, body: dict[str, object] | None = None) -> int:
+    from mkd.client.asking import ask, say
+
+    if job is not None and not _known_job(layout, job):
+        return EXIT_NOT_FOUND
+    return say(ask(layout, verb, job, body))
 
 
 def cmd_cancel(args: argparse.Namespace, layout: Layout) -> int:
-    layout.control.mkdir(parents=True, exist_ok=True)
-    atomic_write(layout.control / f"{args.job}.cancel", f"requested at {time.time():.3f}\n")
-    print(f"cancel requested for {args.job} (control file jobs/control/{args.job}.cancel)")
-    return 0
+    return _ask(layout, "cancel", args.job)
+
+
+def cmd_pause(args: argparse.Namespace, layout: Layout) -> int:
+    return _ask(layout, "pause", args.job)
+
+
+def cmd_resume(args: argparse.Namespace, layout: Layout) -> int:
+    return _ask(layout, "resume", args.job)
+
+
+def cmd_priority(args: argparse.Namespace, layout: Layout) -> int:
+    from mkd.control_requests import RequestError, check_priority
+
+    try:
+        value = check_priority(args.priority, "mkd priority")
+    except RequestError as error:
+        print(f"mkd: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return _ask(layout, "priority", args.job, {"priority": value})
+
+
+def cmd_retry(args: argparse.Namespace, layout: Layout) -> int:
+    from mkd.control_requests import RequestError, parse_change
+
+    try:
+        changes = dict(parse_change(text) for text in args.set or [])
+    except RequestError as error:
+        print(f"mkd: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    body: dict[str, object] = {}
+    if args.from_stage is not None:
+        body["from_stage"] = args.from_stage
+    if changes:
+        body["set"] = changes
+    code = _ask(layout, "retry", args.job, body)
+    if code == 0 and args.wait:
+        from mkd.client.waiting import wait_jobs
+
+        return wait_jobs(layout, [args.job])
+    return code
+
+
+def cmd_clean(args: argparse.Namespace, layout: Layout) -> int:
+    from mkd.control_requests import RequestError, parse_request, render
+
+    body: dict[str, object] = {"older_than": args.older_than, "states": [s for s in args.state.split(",") if s]}
+    try:
+        request = parse_request("clean", render(body))
+    except RequestError as error:
+        print(f"mkd: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        store = _open_store(layout)
+        if store is None:
+            print("no jobs yet")
+            return 0
+        with _closing(store):
+            from mkd.states import JobState
+
+            cutoff = time.time() - float(request.body["older_than_seconds"])
+            states = {JobState(s) for s in request.body["states"]}
+            doomed = [j for j in store.jobs(states) if j.finished_at is not None and j.finished_at <= cutoff]
+        for job in doomed:
+            print(f"would remove {job.job_id} ({job.state.value})")
+        print(f"{len(doomed)} job(s) would be removed")
+        return 0
+    return _ask(layout, "clean", None, body)
+
+
+def cmd_wait(args: argparse.Namespace, layout: Layout) -> int:
+    from mkd.client.waiting import wait_jobs
+
+    timeout = None
+    if args.timeout:
+        from mkd.quantities import parse_duration
+
+        timeout = parse_duration(args.timeout).total_seconds()
+    return wait_jobs(layout, args.jobs, timeout=timeout)
 
 
 def cmd_shutdown(args: argparse.Namespace, layout: Layout) -> int:
-    layout.control.mkdir(parents=True, exist_ok=True)
-    name = "shutdown-stop-runs" if args.stop_runs else "shutdown"
-    atomic_write(layout.control / name, "")
-    what = "stop every run, then exit" if args.stop_runs else "exit, leaving runs running"
-    print(f"asked mkd to {what}")
-    return 0
+    from mkd.client.asking import EXIT_NO_DAEMON, ask, say
+
+    answer = ask(layout, "shutdown-stop-runs" if args.stop_runs else "shutdown", None)
+    if answer.code == EXIT_NO_DAEMON:  # already down: what was asked holds; say so, drop nothing
+        print(f"mkd: {answer.message}", file=sys.stderr)
+        return 0
+    return say(answer)
 
 
 def cmd_report(args: argparse.Namespace, layout: Layout) -> int:
     store = _open_store(layout)
-    job = store.find_job(args.job) if store else None
+    job = None
+    if store is not None:
+        with _closing(store):
+            job = store.find_job(args.job)
     if job is None:
-        print(f"mkd: no job {args.job!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    path = layout.runs_dir / job.job_id / "report.md"
+        from mkd.client.status_view import no_job
+
+        return no_job(args.job, layout.rejected)
+    path = layout.runs_dir / job.job_id / ("status.json" if args.json else "report.md")
     if path.exists():
         sys.stdout.write(path.read_text(encoding="utf-8"))
         return 0
@@ -170,14 +333,32 @@ def cmd_report(args: argparse.Namespace, layout: Layout) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, layout: Layout) -> int:
-    from mkd.client import status_view
+    from mkd.client.logs_view import show_logs
 
+    since = None
+    if args.since:
+        from mkd.quantities import parse_duration
+
+        try:
+            since = parse_duration(args.since).total_seconds()
+        except (ValueError, TypeError) as error:
+            print(f"mkd: --since {args.since!r}: {error}", file=sys.stderr)
+            return EXIT_USAGE
     store = _open_store(layout)
     if store is None:
         print(f"mkd: no job {args.job!r}", file=sys.stderr)
         return EXIT_NOT_FOUND
     with _closing(store):
-        return status_view.show_logs(store, args.job, follow=args.follow, attempt=args.attempt)
+        return show_logs(
+            store,
+            args.job,
+            follow=args.follow,
+            attempt=args.attempt,
+            all_attempts=args.all_attempts,
+            lines=args.lines,
+            since_seconds=since,
+            as_json=args.json,
+        )
 
 
 def cmd_gpus(args: argparse.Namespace, layout: Layout) -> int:
@@ -191,14 +372,40 @@ def cmd_gpus(args: argparse.Namespace, layout: Layout) -> int:
                 for uuid in attempt.params.gpu_uuids:
                     holders[uuid] = attempt.job_id
     with GpuSampler() as sampler:
-        print(format_gpus_table(sampler.sample(), holders), end="")
+        reading = sampler.sample()
+    if args.json:
+        import dataclasses
+        import json
+
+        data = dataclasses.asdict(reading)
+        for gpu in data["gpus"]:
+            gpu["job"] = holders.get(gpu.get("uuid", ""))
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    print(format_gpus_table(reading, holders), end="")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, layout: Layout) -> int:
+    from mkd.client.plot import plot_main
+
+    return plot_main(layout, args.job, args.output)
+
+
+def cmd_completion(args: argparse.Namespace, layout: Layout) -> int:
+    from mkd.client.completion import job_names, script
+
+    if args.shell == "jobs":
+        print("\n".join(job_names(layout)))
+        return 0
+    sys.stdout.write(script(build_parser(), args.shell))
     return 0
 
 
 def cmd_explain(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.client.explain import explain_main
+    from mkd.client.explain import run
 
-    return explain_main(args.rest, store_path=layout.db)
+    return run(args, store_path=layout.db)
 
 
 def cmd_doctor(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
@@ -208,10 +415,9 @@ def cmd_doctor(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -
 
 
 def cmd_install_service(args: argparse.Namespace, config: DaemonConfig, layout: Layout) -> int:
-    from mkd.client.install_service import main as install_main
+    from mkd.client.install_service import run
 
-    status: int = install_main(args.rest)
-    return status
+    return run(args)
 
 
 class _closing:
@@ -231,6 +437,33 @@ Command: TypeAlias = "Callable[[argparse.Namespace, DaemonConfig, Layout], int]"
 LayoutCommand: TypeAlias = Callable[[argparse.Namespace, Layout], int]  # needs only where the files are
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs every other command nothing)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, help="print mkd's version")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("mkd")
+        except PackageNotFoundError:
+            found = "unknown (not installed)"
+        print(f"mkd {found}")
+        parser.exit()
+
+
+def install_service_arguments(cmd: argparse.ArgumentParser) -> None:
+    """`mkd install-service`'s options (also its standalone parser's: mkd.client.install_service.main)."""
+    cmd.add_argument("--prefix", type=Path, default=Path("/"), help="install under this root (default /)")
+    cmd.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    cmd.add_argument("--uninstall", action="store_true", help="remove the unit; keep config and state")
+    cmd.add_argument("--python", default=sys.executable, help="interpreter for ExecStart (default: this one)")
+    cmd.add_argument("--user", default="mkd", help="the daemon's system user (default mkd)")
+    cmd.add_argument("--group", default="mkd-submit", help="the group that may submit jobs (default mkd-submit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mkd",
@@ -241,26 +474,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help="daemon config file (default: $MKD_CONFIG, else /etc/mkd/mkd.toml if present, else the embedded defaults)",
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
-        name: str, func: Command | LayoutCommand, help: str, *, layout_only: bool = False
+        name: str,
+        func: Command | LayoutCommand,
+        help: str,
+        examples: tuple[str, ...],
+        *,
+        layout_only: bool = False,
     ) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help, description=help)
+        # every example here is run by tests/test_cli_forms.py
+        epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+        cmd = sub.add_parser(
+            name, help=help, description=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         cmd.set_defaults(**{"layout_func" if layout_only else "func": func})
         # also accepted after the command: `mkd run --config FILE`
         cmd.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return cmd
 
-    add("run", cmd_run, "run the daemon in the foreground (SIGTERM: exit, runs keep going; twice: at once)")
+    add(
+        "run",
+        cmd_run,
+        "run the daemon in the foreground (SIGTERM: exit, runs keep going; twice: at once)",
+        ("mkd run",),
+    )
     cmd = add(
         "submit",
         cmd_submit,
         "check a job file as the daemon does, drop it atomically into jobs/incoming, then wait for the daemon's "
         "verdict: the job id (exit 0), or the .error text (exit 1); exit 4 if none came in time",
+        ("mkd submit FILE", "mkd submit FILE --name NAME", "mkd submit FILE --wait"),
     )
-    cmd.add_argument("file")
-    cmd.add_argument("--name", help="file name in incoming (default: [job] name or the file's name)")
+    cmd.add_argument("file", metavar="FILE")
+    cmd.add_argument("--name", help="job name / file name in incoming (default: [job] name or the file's name)")
+    cmd.add_argument("--wait", action="store_true", help="then follow the job to its end, as `mkd wait` does")
     cmd.add_argument(
         "--timeout",
         type=float,
@@ -272,29 +522,174 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_validate,
         "check job files as the daemon would take them from jobs/incoming (schema, owner, allowed roots, file name, "
         "live name clash, the files a job names); print every problem with its line; exit 1 if any",
+        ("mkd validate FILE",),
     )
-    cmd.add_argument("files", nargs="+")
-    cmd = add("status", cmd_status, "table of jobs (or one job with its timeline)", layout_only=True)
-    cmd.add_argument("job", nargs="?")
+    cmd.add_argument("files", nargs="+", metavar="FILE")
+    cmd = add(
+        "status",
+        cmd_status,
+        "table of jobs, with why each waiting job waits (or one job with its timeline)",
+        (
+            "mkd status",
+            "mkd status JOB",
+            "mkd status --json",
+            "mkd status JOB --json",
+            "mkd status --all",
+            "mkd status --watch --interval 1",
+        ),
+        layout_only=True,
+    )
+    cmd.add_argument("job", nargs="?", metavar="JOB")
     cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cmd.add_argument("--all", action="store_true", help="every finished job too, not only the latest 20")
-    cmd = add("logs", cmd_logs, "print a job's console log (latest attempt)", layout_only=True)
-    cmd.add_argument("job")
-    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing as the run writes")
-    cmd.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
-    cmd = add("cancel", cmd_cancel, "cancel a job (drops jobs/control/JOB.cancel)", layout_only=True)
-    cmd.add_argument("job")
-    cmd = add("shutdown", cmd_shutdown, "ask the daemon to exit (runs keep going unless --stop-runs)", layout_only=True)
+    cmd.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    cmd.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch's period (default 2)")
+    cmd = add(
+        "logs",
+        cmd_logs,
+        "print a job's console log (latest attempt; -f follows from the tail)",
+        (
+            "mkd logs JOB",
+            "mkd logs -f JOB",
+            "mkd logs -n 50 JOB",
+            "mkd logs --since 10m JOB",
+            "mkd logs --attempt 1 JOB",
+            "mkd logs --all-attempts JOB",
+            "mkd logs --json JOB",
+        ),
+        layout_only=True,
+    )
+    cmd.add_argument("job", metavar="JOB")
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing as the run writes (from the tail)")
+    cmd.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N lines (of each attempt shown)")
+    cmd.add_argument("--since", metavar="DURATION", help="the attempts alive in the last DURATION (10m, 2h)")
+    cmd.add_argument("--attempt", type=int, metavar="K", help="attempt number K (default: the latest)")
+    cmd.add_argument("--all-attempts", action="store_true", help="every attempt, each under a header")
+    cmd.add_argument("--json", action="store_true", help="the logs' metadata (paths, sizes, attempts), not their text")
+    for verb, help in (
+        ("cancel", "cancel a job (jobs/control/JOB.cancel)"),
+        ("pause", "hold a queued job; stop a running one, to resume from its last model.pt (JOB.pause)"),
+        ("resume", "queue a held job again (JOB.resume)"),
+    ):
+        func = {"cancel": cmd_cancel, "pause": cmd_pause, "resume": cmd_resume}[verb]
+        cmd = add(verb, func, help, (f"mkd {verb} JOB",), layout_only=True)
+        cmd.add_argument("job", metavar="JOB")
+    cmd = add(
+        "retry",
+        cmd_retry,
+        "a new attempt of a failed or cancelled job, with changes if given (JOB.retry)",
+        ("mkd retry JOB", "mkd retry JOB --from-stage STAGE", "mkd retry JOB --set num_envs=8", "mkd retry JOB --wait"),
+        layout_only=True,
+    )
+    cmd.add_argument("job", metavar="JOB")
+    cmd.add_argument(
+        "--from-stage", metavar="STAGE", help="stage name or number to start from (default: where it ended)"
+    )
+    cmd.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change the next attempt: num_envs, max_samples, test_episodes, nccl_preset or model_file (repeatable)",
+    )
+    cmd.add_argument("--wait", action="store_true", help="then follow the job to its end")
+    cmd = add(
+        "priority",
+        cmd_priority,
+        "change a live job's priority; higher starts first (JOB.priority)",
+        ("mkd priority JOB 5",),
+        layout_only=True,
+    )
+    cmd.add_argument("job", metavar="JOB")
+    cmd.add_argument("priority", metavar="N", help="a whole number from -1000 to 1000")
+    cmd = add(
+        "wait",
+        cmd_wait,
+        "block until each job ends; exit 0 only if all succeeded",
+        ("mkd wait JOB", "mkd wait JOB --timeout 10m"),
+        layout_only=True,
+    )
+    cmd.add_argument("jobs", nargs="+", metavar="JOB")
+    cmd.add_argument("--timeout", metavar="DURATION", help="give up after DURATION (exit 5)")
+    cmd = add(
+        "clean",
+        cmd_clean,
+        "forget finished jobs: their store rows, runs/JOB and mirror file (jobs/control/clean)",
+        ("mkd clean", "mkd clean --older-than 7d --state failed,cancelled", "mkd clean --dry-run"),
+        layout_only=True,
+    )
+    cmd.add_argument("--older-than", default="7d", metavar="DURATION", help="finished at least this long ago (7d)")
+    cmd.add_argument("--state", default="succeeded,failed,cancelled", help="which finished states (comma-separated)")
+    cmd.add_argument("--dry-run", action="store_true", help="list what would go; change nothing")
+    cmd = add(
+        "shutdown",
+        cmd_shutdown,
+        "ask the daemon to exit (runs keep going unless --stop-runs)",
+        ("mkd shutdown", "mkd shutdown --stop-runs"),
+        layout_only=True,
+    )
     cmd.add_argument("--stop-runs", action="store_true", help="stop every run gracefully first")
-    cmd = add("report", cmd_report, "print a job's report.md (the runbook's checklist)", layout_only=True)
-    cmd.add_argument("job")
-    add("gpus", cmd_gpus, "GPUs as NVML sees them, and which job holds each", layout_only=True)
-    cmd = add("doctor", cmd_doctor, "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs")
+    cmd = add(
+        "report",
+        cmd_report,
+        "print a job's report.md (the runbook's checklist)",
+        ("mkd report JOB", "mkd report JOB --json"),
+        layout_only=True,
+    )
+    cmd.add_argument("job", metavar="JOB")
+    cmd.add_argument("--json", action="store_true", help="runs/JOB/status.json instead")
+    cmd = add(
+        "gpus",
+        cmd_gpus,
+        "GPUs as NVML sees them, and which job holds each",
+        ("mkd gpus", "mkd gpus --json"),
+        layout_only=True,
+    )
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    cmd = add(
+        "plot",
+        cmd_plot,
+        "draw return, losses and samples/s against samples, across attempts (needs mkd[plot])",
+        ("mkd plot JOB", "mkd plot JOB -o FILE.png"),
+        layout_only=True,
+    )
+    cmd.add_argument("job", metavar="JOB")
+    cmd.add_argument("-o", "--output", metavar="FILE.png", help="where to write the PNG (default: runs/JOB/plot.png)")
+    cmd = add(
+        "doctor",
+        cmd_doctor,
+        "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs",
+        ("mkd doctor", "mkd doctor --mimickit-dir MIMICKIT_DIR"),
+    )
     cmd.add_argument("--mimickit-dir", help="MimicKit checkout to check (default: the config's)")
-    cmd = add("explain", cmd_explain, "classify a MimicKit console log: class, evidence, remedy")
-    cmd.add_argument("rest", nargs=argparse.REMAINDER, help="LOGFILE [--json]")
-    cmd = add("install-service", cmd_install_service, "install (or --uninstall) the systemd unit and directories")
-    cmd.add_argument("rest", nargs=argparse.REMAINDER, help="[--prefix P] [--dry-run] [--uninstall]")
+    cmd = add(
+        "explain",
+        cmd_explain,
+        "classify a MimicKit console log: class, evidence, remedy",
+        ("mkd explain LOGFILE", "mkd explain LOGFILE --json", "mkd explain --json LOGFILE"),
+    )
+    from mkd.client.explain import add_arguments as explain_arguments
+
+    explain_arguments(cmd)
+    cmd = add(
+        "completion",
+        cmd_completion,
+        'print a shell completion script: eval "$(mkd completion bash)"',
+        ("mkd completion bash", "mkd completion zsh"),
+        layout_only=True,
+    )
+    cmd.add_argument("shell", choices=("bash", "zsh", "jobs"), help="jobs: the job names the scripts complete")
+    cmd = add(
+        "install-service",
+        cmd_install_service,
+        "install (or --uninstall) the systemd unit and directories",
+        (
+            "mkd install-service --dry-run",
+            "mkd install-service --prefix /",
+            "mkd install-service --uninstall",
+            "mkd install-service --prefix DIR --python PYTHON --user mkd --group mkd-submit",
+        ),
+    )
+    install_service_arguments(cmd)
     return parser
 
 

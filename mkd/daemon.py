@@ -23,12 +23,14 @@ from typing import Any
 from mkd import report
 from mkd.attempts import AttemptRunner
 from mkd.config import DaemonConfig, Layout
+from mkd.control import ControlFiles
 from mkd.executors.base import Executor
 from mkd.executors.local import LocalExecutor
 from mkd.gpu_ledger import GpuLedger
 from mkd.gpus import GpuReading, GpuSampler
 from mkd.intake import Intake
 from mkd.launcher import Launcher
+from mkd.leftovers import remove_dead_temp_files
 from mkd.publisher import Publisher
 from mkd.runs import Runs
 from mkd.sdnotify import Notifier
@@ -89,6 +91,7 @@ class Daemon:
         self.launcher: Launcher
         self.runner: AttemptRunner
         self.publisher: Publisher
+        self.control: ControlFiles
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class Daemon:
         forgetters = [self.runs.forget, self.ledger.forget, self.launcher.forget, self.runner.forget]
         self.publisher = Publisher(self.runs, self.ledger, forgetters)
         self.runs.gpu = self.sampler.sample()
+        remove_dead_temp_files(self.layout)
+        self.control = ControlFiles(self.layout, self.store, self.runner, on_shutdown=self._shutdown, wall=self.wall)
         recovered = self.intake.recover_claims()
         if recovered.accepted or recovered.rejected:
             log.info("finished interrupted intake: %s", recovered)
@@ -182,16 +187,12 @@ class Daemon:
         self.tick_durations.observe(self._tick_seconds)
 
     def _control(self, now: float) -> None:
-        for path in sorted(self.layout.control.iterdir()):
-            name = path.name
-            if name.startswith("."):
-                continue
-            if name.endswith(".cancel"):
-                self.runner.request_cancel(name[: -len(".cancel")], now, source=f"control file {name}")
-            elif name in ("shutdown", "shutdown-stop-runs"):
-                self.stop_requests = max(self.stop_requests, 1)
-                self.shutdown_stop_runs = self.shutdown_stop_runs or name == "shutdown-stop-runs"
-            path.unlink(missing_ok=True)
+        self.control.scan(now)
+
+    def _shutdown(self, stop_runs: bool) -> None:
+        """A shutdown control file: as SIGTERM (or stop every run first)."""
+        self.stop_requests = max(self.stop_requests, 1)
+        self.shutdown_stop_runs = self.shutdown_stop_runs or stop_runs
 
     def _intake(self, now: float) -> None:
         if self.stop_requests:
@@ -263,7 +264,11 @@ class Daemon:
     def _sleep_seconds(self, period: float) -> float:
         """The loop's period, cut short for the next watchdog ping or the end of a retry's backoff."""
         now = self.clock()
-        deadlines = (self.notifier.seconds_until_watchdog(now), self.launcher.seconds_until_due())
+        deadlines = (
+            self.notifier.seconds_until_watchdog(now),
+            self.launcher.seconds_until_due(),
+            self.control.seconds_until_due(),
+        )
         return min([period, *(d for d in deadlines if d is not None)])
 
     def run(self) -> int:

@@ -23,6 +23,7 @@ class FailureClass(StrEnum):
     STALL = "stall"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # mkd pause stopped it; `mkd resume` goes on from its last model.pt
     KILLED = "killed"
     MKD_ERROR = "mkd_error"  # mkd itself failed while judging the attempt (a bug: the evidence says where)
     PEER_LOST = "peer_lost"  # a rank outlived its root or a peer (TCPStore/gloo errors): the group must go
@@ -40,6 +41,7 @@ class StopReason(StrEnum):
 
     CANCELLED = "cancelled"  # mkd cancel or a cancel control file
     SHUTDOWN = "shutdown"  # mkd shutdown --stop-runs
+    PAUSED = "paused"  # mkd pause: the job is held, `mkd resume` continues it from its last model.pt
     PROBE_PASSED = "probe_passed"  # a probe rung proved itself early: a pass, not a failure
     STALL = "stall"
     TIMEOUT = "timeout"

@@ -52,7 +52,7 @@ class Launcher:
         busy = {a.job_id for a in self.runs.live.values()}
         self._next_due_wall = None
         for job in self.runs.store.jobs(set(LIVE)):
-            if job.job_id in busy:
+            if job.job_id in busy or job.state == JobState.HELD:
                 continue
             if job.cancel_requested:
                 self.runs.set_state(job, JobState.CANCELLED, "cancelled before it started")

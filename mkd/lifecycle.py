@@ -17,10 +17,12 @@ from mkd.failures import FailureClass
 from mkd.memory import Fallback, JobMemory, JsonValue, Plan, StageMemory, StageResult, SweepRow
 from mkd.policy import Decision, Observation, decide
 from mkd.spec import JobSpec, Stage
-from mkd.stagekinds import TRAINING
+from mkd.stagekinds import TRAINING, StageKind
 from mkd.stages import CAPACITY_FAILURES, plan_stage, probe_begin, probe_mid, probe_record, sweep_best, sweep_point_plan
 from mkd.states import JobState
 from mkd.verdict import Verdict
+
+RESUMABLE = frozenset({StageKind.TRAIN, StageKind.WARMUP, StageKind.LONG_RUN})  # a pause goes on from model.pt
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def after_attempt(job: Job, ended: Ended, verdict: Verdict, rng: random.Random) 
     failure = verdict.failure
     if failure is FailureClass.CANCELLED or job.cancel_requested:
         return Step(JobState.CANCELLED, "cancelled", memory)
+    if failure is FailureClass.PAUSED:
+        return _paused(job, ended)
     kind = job.stage.kind
     if kind == "probe" and (failure is None or failure in CAPACITY_FAILURES):
         return _probe_step(job, ended, passed=failure is None)
@@ -142,6 +146,15 @@ def _count(job: Job, ended: Ended) -> JobMemory:
         seconds = (ended.ended_at - ended.started_at) * max(1, len(ended.plan.gpu_uuids))
         memory = replace(memory, gpu_seconds_probing=memory.gpu_seconds_probing + seconds)
     return memory
+
+
+def _paused(job: Job, ended: Ended) -> Step:
+    """mkd pause: held, not counted as a try; a training stage resumes from its last model.pt."""
+    memory = job.memory.with_stage(attempts=max(0, job.memory.stage.attempts - 1))
+    plan = job.plan
+    if job.stage.kind in RESUMABLE:
+        plan, memory = _resume(plan, ended, memory)
+    return Step(JobState.HELD, f"paused at attempt {ended.number}; `mkd resume` goes on", memory, plan=plan)
 
 
 def _passed(job: Job, ended: Ended) -> Step:

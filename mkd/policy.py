@@ -45,6 +45,7 @@ DEFAULT_STEPS: dict[str, tuple[ClassAction, ...]] = {
     "env_mismatch": ("give_up",),
     "config_error": ("give_up",),
     "mkd_error": ("give_up",),
+    "paused": ("give_up",),  # never reaches the policy: the lifecycle holds a paused job
 }
 
 

@@ -14,6 +14,7 @@ class JobState(StrEnum):
     RUNNING = "running"  # an attempt of one of its stages is alive
     STEPPING = "stepping"  # between two healthy steps (the next probe rung, sweep point or stage): starts at once
     RETRY_WAIT = "retry_wait"  # an attempt failed; the next one starts after a backoff
+    HELD = "held"  # paused by a person (`mkd pause`): starts nothing until `mkd resume`
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -30,6 +31,8 @@ class JobState(StrEnum):
 
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 LIVE = frozenset(JobState) - FINISHED
+# Reopened only by `mkd retry` (Store.reopen_job), never by a decision of the daemon's own.
+REOPENABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # retry_wait and succeeded from queued: an attempt started just before a crash, found ended on restore;
@@ -43,15 +46,20 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.CANCELLED,
             JobState.FAILED,
             JobState.SUCCEEDED,
+            JobState.HELD,
         }
     ),
-    # running -> running: the timeline's "its next attempt started" after a restore
-    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.STEPPING, JobState.RETRY_WAIT, JobState.QUEUED, *FINISHED}),
-    # stepping -> stepping or a finished state: a stage skipped, or the last one, before anything ran
-    JobState.STEPPING: frozenset({JobState.RUNNING, JobState.STEPPING, JobState.RETRY_WAIT, *FINISHED}),
-    JobState.RETRY_WAIT: frozenset(
-        {JobState.RUNNING, JobState.QUEUED, JobState.STEPPING, JobState.CANCELLED, JobState.FAILED}
+    # running -> running: the timeline's "its next attempt started" after a restore;
+    # running -> held: a paused attempt ended (stop reason "paused")
+    JobState.RUNNING: frozenset(
+        {JobState.RUNNING, JobState.STEPPING, JobState.RETRY_WAIT, JobState.QUEUED, JobState.HELD, *FINISHED}
     ),
+    # stepping -> stepping or a finished state: a stage skipped, or the last one, before anything ran
+    JobState.STEPPING: frozenset({JobState.RUNNING, JobState.STEPPING, JobState.RETRY_WAIT, JobState.HELD, *FINISHED}),
+    JobState.RETRY_WAIT: frozenset(
+        {JobState.RUNNING, JobState.QUEUED, JobState.STEPPING, JobState.CANCELLED, JobState.FAILED, JobState.HELD}
+    ),
+    JobState.HELD: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -78,6 +86,12 @@ class Outcome(StrEnum):
 
 class TransitionError(ValueError):
     pass
+
+
+def check_reopen(old: JobState) -> None:
+    """`mkd retry`: only a failed or cancelled job may be queued again."""
+    if old not in REOPENABLE:
+        raise TransitionError(f"only a failed or cancelled job can be retried; this one is {old}")
 
 
 def check_transition(old: JobState, new: JobState) -> None:

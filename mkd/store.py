@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mkd.memory import JobMemory, Plan
-from mkd.states import LIVE, AttemptState, JobState, check_transition
+from mkd.states import LIVE, AttemptState, JobState, check_reopen, check_transition
 
 # The live states as SQL, for the queries and the partial index that keeps live names unique.
 LIVE_SQL = "(" + ",".join(f"'{state.value}'" for state in sorted(LIVE)) + ")"
@@ -436,6 +436,39 @@ class Store:
         with self.transaction() as tx:
             self._update(tx, "jobs", "job_id", job_id, {"updated_at": now, **fields})
 
+    def reopen_job(self, job_id: str, reason: str, now: float, **fields: Any) -> None:
+        """`mkd retry`: a failed or cancelled job back to queued (the only way out of a finished state)."""
+        with self.transaction() as tx:
+            row = tx.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            old = JobState(row[0])
+            check_reopen(old)
+            values: dict[str, Any] = {
+                "state": JobState.QUEUED.value,
+                "reason": reason,
+                "updated_at": now,
+                "published": 0,
+                "finished_at": None,
+                "cancel_requested": 0,
+                "next_attempt_at": None,
+                **fields,
+            }
+            self._update(tx, "jobs", "job_id", job_id, values)
+            self._event(tx, job_id, now, "state", f"{old} -> queued: {reason}", {"from": old, "to": "queued"})
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """`mkd clean`: forget finished jobs (their rows, attempts and timeline); live ones are never deleted."""
+        done = 0
+        with self.transaction() as tx:
+            for job_id in job_ids:
+                row = tx.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                if row is None or not JobState(row[0]).finished:
+                    continue
+                tx.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                tx.execute("DELETE FROM attempts WHERE job_id = ?", (job_id,))
+                tx.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+                done += 1
+        return done
+
     # --- attempts ---------------------------------------------------------------------
 
     def add_attempt(
@@ -529,6 +562,18 @@ class Store:
         ).fetchall()
         return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
 
+    def last_event_id(self) -> int:
+        row = self._conn.execute("SELECT MAX(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def events_after(self, event_id: int, kind: str) -> list[Event]:
+        """Events of `kind` newer than `event_id` (the CLI looks for the answer to its control file)."""
+        rows = self._conn.execute(
+            "SELECT id, job_id, at, kind, message, data FROM events WHERE id > ? AND kind = ? ORDER BY id",
+            (event_id, kind),
+        ).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
     def bump(self, name: str, by: int = 1) -> None:
         with self.transaction() as tx:
             self._bump(tx, name, by)
@@ -545,7 +590,7 @@ class Store:
     def failures_by_class(self) -> dict[str, int]:
         rows = self._conn.execute(
             "SELECT failure_class, COUNT(*) FROM attempts"
-            " WHERE failure_class IS NOT NULL AND failure_class != 'cancelled' GROUP BY failure_class"
+            " WHERE failure_class IS NOT NULL AND failure_class NOT IN ('cancelled', 'paused') GROUP BY failure_class"
         )
         return {str(r[0]): int(r[1]) for r in rows}
 
@@ -586,6 +631,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
     if "published" not in columns:
         conn.execute("ALTER TABLE jobs ADD COLUMN published INTEGER NOT NULL DEFAULT 0")
+    index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'live_names'").fetchone()
+    if index is not None and "'held'" not in index[0]:  # a held job keeps its name too
+        conn.execute("DROP INDEX live_names")
+        conn.execute(
+            "CREATE UNIQUE INDEX live_names ON jobs(name) WHERE state IN ('queued', 'running', 'retry_wait', 'held')"
+        )
     conn.execute("CREATE INDEX IF NOT EXISTS jobs_unpublished ON jobs(job_id) WHERE published = 0")
     index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'live_names'").fetchone()
     if index is not None and LIVE_SQL not in index[0].replace(" ", ""):  # the set of live states grew

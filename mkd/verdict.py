@@ -120,6 +120,8 @@ def _as_failure(stop: str) -> FailureClass:
     """A stop reason as the failure class it is recorded under (cancel and shutdown: cancelled)."""
     if stop in (StopReason.CANCELLED, StopReason.SHUTDOWN):
         return FailureClass.CANCELLED
+    if stop == StopReason.PAUSED:
+        return FailureClass.PAUSED
     try:
         return FailureClass(stop)
     except ValueError:

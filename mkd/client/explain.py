@@ -45,15 +45,17 @@ _PROGRESS = re.compile(
 _MULTI = re.compile(r"^(?:Using master port:|\[rank[1-9]\d*\]:|Process (?:\w+)?Process-\d+:)", re.MULTILINE)
 
 
-def explain_main(argv: list[str], *, store_path: Path | None = None) -> int:
-    """CLI entry: 0 when the log was read (classified or found fine), 2 when it could not be read.
+def add_arguments(cmd: argparse.ArgumentParser) -> None:
+    """`mkd explain`'s arguments: LOGFILE and --json, in either order."""
+    cmd.add_argument("logfile", metavar="LOGFILE", type=Path, help="a MimicKit console log (stdout+stderr)")
+    cmd.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args: argparse.Namespace, *, store_path: Path | None = None) -> int:
+    """0 when the log was read (classified or found fine), 2 when it could not be read.
 
     `store_path`: the daemon's store, where the verdict on an mkd attempt's log is recorded.
     """
-    parser = argparse.ArgumentParser(prog="mkd explain", description="Classify a MimicKit console log.")
-    parser.add_argument("logfile", metavar="LOGFILE", type=Path, help="a MimicKit console log (stdout+stderr)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = parser.parse_args(argv)
     try:
         report = explain_report(args.logfile, store_path=store_path)
     except OSError as exc:
@@ -61,6 +63,13 @@ def explain_main(argv: list[str], *, store_path: Path | None = None) -> int:
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
+
+
+def explain_main(argv: list[str], *, store_path: Path | None = None) -> int:
+    """CLI entry: 0 when the log was read (classified or found fine), 2 when it could not be read."""
+    parser = argparse.ArgumentParser(prog="mkd explain", description="Classify a MimicKit console log.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv), store_path=store_path)
 
 
 def explain_file(path: Path, *, multi_device: bool | None = None, store_path: Path | None = None) -> str:

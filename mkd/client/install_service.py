@@ -272,18 +272,15 @@ def uninstall_service(
     return plan.actions
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mkd install-service",
-        description="Install (or remove) mkd as a systemd service: unit, config, user, state directory.",
-    )
-    parser.add_argument("--prefix", type=Path, default=Path("/"), help="install under this root (default /)")
-    parser.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
-    parser.add_argument("--uninstall", action="store_true", help="remove the unit; keep config and state")
-    parser.add_argument("--python", default=sys.executable, help="interpreter for ExecStart (default: this one)")
-    parser.add_argument("--user", default="mkd", help="the daemon's system user (default mkd)")
-    parser.add_argument("--group", default="mkd-submit", help="the group that may submit jobs (default mkd-submit)")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options; `mkd install-service` defines them on its own subparser (mkd.cli), where a REMAINDER
+    positional used to take none of them."""
+    from mkd.cli import install_service_arguments
+
+    install_service_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         if args.uninstall:
             actions = uninstall_service(args.prefix, dry_run=args.dry_run)
@@ -299,6 +296,15 @@ def main(argv: list[str]) -> int:
     if not args.uninstall and not args.dry_run:
         print("next: systemctl enable --now mkd; add people to the submit group: usermod -aG", args.group, "NAME")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mkd install-service",
+        description="Install (or remove) mkd as a systemd service: unit, config, user, state directory.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

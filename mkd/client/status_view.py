@@ -1,18 +1,38 @@
-"""`mkd status` and `mkd logs`: read-only views of the store and the attempts' files."""
+"""`mkd status`: read-only views of the store: the table (with why a job waits) and one job."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mkd.report import attempt_dict
 from mkd.store import Store
 
 RECENT_FINISHED = 20
-COLUMNS = ("JOB", "STATE", "STAGE", "ATTEMPT", "DEVICES", "NUM_ENVS", "PROGRESS", "AGE")
+COLUMNS = ("JOB", "STATE", "STAGE", "ATTEMPT", "DEVICES", "NUM_ENVS", "PROGRESS", "AGE", "WHY")
+WAITING = frozenset({"queued", "retry_wait", "held"})
+# ANSI SGR per state, used only on a terminal and never with NO_COLOR set (no-color.org)
+STATE_COLOURS = {
+    "running": "32",
+    "succeeded": "32;1",
+    "failed": "31;1",
+    "cancelled": "2",
+    "retry_wait": "33",
+    "held": "35",
+    "queued": "36",
+}
+
+
+def use_colour(stream: IO[str]) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def paint(text: str, code: str | None, on: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if on and code else text
 
 
 def _age(seconds: float) -> str:
@@ -63,19 +83,16 @@ def rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
                 "progress": row["progress"] or {},
                 "age_seconds": now - row["submitted_at"],
                 "reason": row["reason"],
+                "why": row["reason"] if row["state"] in WAITING else None,
             }
         )
     return out
 
 
-def show_table(store: Store, *, as_json: bool, show_all: bool) -> int:
-    data = rows(store, show_all)
-    if as_json:
-        print(json.dumps(data, indent=2, default=str))
-        return 0
+def format_table(data: list[dict[str, Any]], *, colour: bool = False, width: int | None = None) -> str:
+    """The table as text; the WHY column is cut to `width` (a terminal's) when given."""
     if not data:
-        print("no jobs")
-        return 0
+        return "no jobs\n"
     table = [COLUMNS] + [
         (
             d["job"],
@@ -86,20 +103,42 @@ def show_table(store: Store, *, as_json: bool, show_all: bool) -> int:
             str(d["num_envs"] or "-"),
             _progress(d["progress"]),
             _age(d["age_seconds"]),
+            d["why"] or "-",
         )
         for d in data
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    for r in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    before_why = sum(widths[:-1]) + 2 * (len(COLUMNS) - 1)  # where the WHY column starts
+    lines = []
+    for n, r in enumerate(table):
+        cells = [cell.ljust(w) for cell, w in zip(r, widths, strict=True)]
+        why = r[-1]
+        if width is not None and before_why + len(why) > width:
+            room = max(4, width - before_why)
+            why = why[: room - 1] + "…"
+        cells[-1] = why
+        if n and colour:
+            cells[1] = paint(cells[1], STATE_COLOURS.get(r[1]), True)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def show_table(store: Store, *, as_json: bool, show_all: bool, out: IO[str] | None = None) -> int:
+    stream = out or sys.stdout
+    data = rows(store, show_all)
+    if as_json:
+        stream.write(json.dumps(data, indent=2, default=str) + "\n")
+        return 0
+    tty = stream.isatty()
+    width = os.get_terminal_size(stream.fileno()).columns if tty else None
+    stream.write(format_table(data, colour=use_colour(stream), width=width))
     return 0
 
 
-def show_job(store: Store, name: str, *, as_json: bool) -> int:
+def show_job(store: Store, name: str, *, as_json: bool, rejected: Path | None = None) -> int:
     job = store.find_job(name)
     if job is None:
-        print(f"mkd: no job {name!r}", file=sys.stderr)
-        return 3
+        return no_job(name, rejected)
     attempts = store.attempts(job.job_id)
     events = store.events(job.job_id)
     if as_json:
@@ -109,6 +148,7 @@ def show_job(store: Store, name: str, *, as_json: bool) -> int:
                     "job_id": job.job_id,
                     "state": job.state.value,
                     "reason": job.reason,
+                    "priority": job.priority,
                     "stage_index": job.stage_index,
                     "plan": None if job.plan is None else job.plan.to_json(),
                     "attempts": [attempt_dict(a, full=True) for a in attempts],
@@ -134,39 +174,24 @@ def show_job(store: Store, name: str, *, as_json: bool) -> int:
     return 0
 
 
-def _latest_console(store: Store, job_id: str, attempt: int | None) -> Path | None:
-    attempts = store.attempts(job_id)
-    if attempt is not None:
-        attempts = [a for a in attempts if a.number == attempt]
-    return Path(attempts[-1].dir) / "console.log" if attempts else None
+def rejection_file(rejected: Path | None, name: str) -> Path | None:
+    """jobs/rejected/NAME[.toml].error for a name that never became a job."""
+    if rejected is None:
+        return None
+    for candidate in (f"{name}.error", f"{name}.toml.error"):
+        path = rejected / candidate
+        if path.is_file():
+            return path
+    return None
 
 
-def show_logs(store: Store, name: str, *, follow: bool, attempt: int | None) -> int:
-    job = store.find_job(name)
-    if job is None:
+def no_job(name: str, rejected: Path | None) -> int:
+    """Exit 3: no such job; for a file the intake rejected, where its reasons are."""
+    error = rejection_file(rejected, name)
+    if error is None:
         print(f"mkd: no job {name!r}", file=sys.stderr)
         return 3
-    path = _latest_console(store, job.job_id, attempt)
-    if path is None:
-        print(f"mkd: {job.job_id} has not started an attempt yet", file=sys.stderr)
-        return 3
-    offset = 0
-    while True:
-        if path.exists():
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-            offset += len(chunk)
-            sys.stdout.write(chunk.decode("utf-8", "replace"))
-            sys.stdout.flush()
-        if not follow:
-            return 0
-        current = store.find_job(job.job_id)
-        newer = _latest_console(store, job.job_id, attempt)
-        if newer is not None and newer != path:
-            path, offset = newer, 0
-            print(f"\n--- {newer.parent.name} ---")
-            continue
-        if current is None or current.state.finished:
-            return 0
-        time.sleep(0.5)
+    text = error.read_text(encoding="utf-8", errors="replace")
+    print(f"mkd: no job {name!r}: the file was rejected; {error}:", file=sys.stderr)
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    return 3

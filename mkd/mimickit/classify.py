@@ -546,6 +546,7 @@ REMEDIES: dict[FailureClass, str] = {
     + _AGAIN
     + ".",
     _F.CANCELLED: "Not retried: the attempt was cancelled on request.",
+    _F.PAUSED: "Not retried: the job was paused on request and is held; `mkd resume` goes on from its last model.pt.",
     _F.KILLED: "Something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg; mkd runs it "
     "again unchanged, " + _AGAIN + ".",
     _F.PEER_LOST: "A rank lost its root or a peer (the TCPStore host died) and would linger at 100 % GPU: mkd kills "

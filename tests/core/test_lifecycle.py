@@ -248,7 +248,7 @@ def test_any_verdicts_keep_to_the_state_table_and_max_attempts(
         assert step.state in TRANSITIONS[state], f"{state} -> {step.state}: {step.reason}"
         if step.state is JobState.RETRY_WAIT:
             assert runs[job.stage_index] < job.spec.retry.max_attempts, "retried past max_attempts"
-        if step.state.finished:
+        if step.state.finished or step.state is JobState.HELD:  # held: a person resumes it
             return
         if step.state is JobState.STEPPING:
             runs[job.stage_index] = 0
