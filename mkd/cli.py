@@ -454,16 +454,6 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def install_service_arguments(cmd: argparse.ArgumentParser) -> None:
-    """`mkd install-service`'s options (also its standalone parser's: mkd.client.install_service.main)."""
-    cmd.add_argument("--prefix", type=Path, default=Path("/"), help="install under this root (default /)")
-    cmd.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
-    cmd.add_argument("--uninstall", action="store_true", help="remove the unit; keep config and state")
-    cmd.add_argument("--python", default=sys.executable, help="interpreter for ExecStart (default: this one)")
-    cmd.add_argument("--user", default="mkd", help="the daemon's system user (default mkd)")
-    cmd.add_argument("--group", default="mkd-submit", help="the group that may submit jobs (default mkd-submit)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mkd",
@@ -689,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
             "mkd install-service --prefix DIR --python PYTHON --user mkd --group mkd-submit",
         ),
     )
+    from mkd.client.install_service import add_arguments as install_service_arguments
+
     install_service_arguments(cmd)
     return parser
 

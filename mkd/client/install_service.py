@@ -272,12 +272,15 @@ def uninstall_service(
     return plan.actions
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options; `mkd install-service` defines them on its own subparser (mkd.cli), where a REMAINDER
-    positional used to take none of them."""
-    from mkd.cli import install_service_arguments
-
-    install_service_arguments(parser)
+def add_arguments(cmd: argparse.ArgumentParser) -> None:
+    """The options, for `mkd install-service`'s own subparser (mkd.cli; a REMAINDER positional there
+    used to take none of them) and for this module's standalone parser (main)."""
+    cmd.add_argument("--prefix", type=Path, default=Path("/"), help="install under this root (default /)")
+    cmd.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    cmd.add_argument("--uninstall", action="store_true", help="remove the unit; keep config and state")
+    cmd.add_argument("--python", default=sys.executable, help="interpreter for ExecStart (default: this one)")
+    cmd.add_argument("--user", default="mkd", help="the daemon's system user (default mkd)")
+    cmd.add_argument("--group", default="mkd-submit", help="the group that may submit jobs (default mkd-submit)")
 
 
 def run(args: argparse.Namespace) -> int:

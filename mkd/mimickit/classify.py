@@ -568,7 +568,7 @@ REMEDIES: dict[FailureClass, str] = {
 }
 
 PERMANENT: frozenset[FailureClass] = frozenset(
-    {_F.CONFIG_ERROR, _F.ENV_MISMATCH, _F.CANCELLED, _F.NAN_DIVERGENCE, _F.MKD_ERROR}
+    {_F.CONFIG_ERROR, _F.ENV_MISMATCH, _F.CANCELLED, _F.PAUSED, _F.NAN_DIVERGENCE, _F.MKD_ERROR}
 )
 STAGE_KINDS: tuple[str, ...] = ("train", "warmup", "long_run", "test", "visualize", "probe")
 _TRAINING_STAGES = frozenset({"train", "warmup", "long_run", "probe"})
