@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_submit,
         "check a job file as the daemon does, drop it atomically into jobs/incoming, then wait for the daemon's "
         "verdict: the job id (exit 0), or the .error text (exit 1); exit 4 if none came in time",
-        ("mkd submit FILE", "mkd submit FILE --name NAME", "mkd submit FILE --wait"),
+        ("mkd submit FILE", "mkd submit FILE --name NAME", "mkd submit FILE --wait", "mkd submit FILE --timeout 30"),
     )
     cmd.add_argument("file", metavar="FILE")
     cmd.add_argument("--name", help="job name / file name in incoming (default: [job] name or the file's name)")

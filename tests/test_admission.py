@@ -278,7 +278,7 @@ def test_submit_prints_the_job_id_or_the_error_of_the_daemon(home: Home, tmp_pat
     assert "outside.toml: workload: '/etc' is outside the allowed roots" in done.stdout
     assert "rejected; see" in done.stderr
     status = home.mkd("status", "outside")
-    assert status.returncode == 1
+    assert status.returncode == 3  # no such job: the file was rejected
     assert "outside.toml.error" in status.stdout and "'/etc' is outside the allowed roots" in status.stdout
     home.wait_state("good", "succeeded")
 

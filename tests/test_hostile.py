@@ -198,7 +198,7 @@ def test_hostile_files_never_stop_the_daemon(home: Home, tmp_path: Path) -> None
 
     for name, says in (("fifo", "is not a regular file"), ("a" * 240, "over the 128-byte limit")):
         status = home.mkd("status", name)  # a rejected file is no job: status points at its .error
-        assert status.returncode == 1 and "rejected at intake" in status.stdout and says in status.stdout, status
+        assert status.returncode == 3 and "rejected at intake" in status.stdout and says in status.stdout, status
 
     home.drop("after.toml", '[workload]\nkind = "command"\nargv = ["sh", "-c", "echo still here"]\n')
     home.wait_state("after", "succeeded")

@@ -347,6 +347,8 @@ def test_a_finished_jobs_results_and_training_series_stay(scenario: Scenario) ->
 
 def test_the_dcgm_join_labels_dcgm_series_with_the_job(scenario: Scenario) -> None:
     prom = scenario.prom
+    # a recording rule: its first value comes at the group's next evaluation after both targets were scraped
+    wait_for(lambda: prom.query("mkd_job:dcgm_gpu_utilization:ratio"), 30, "the recorded join", every=0.2)
     (joined,) = prom.query("mkd_job:dcgm_gpu_utilization:ratio")
     assert joined["metric"]["job_id"] == "walk" and joined["metric"]["UUID"] == UUIDS[1]
     assert joined["metric"]["modelName"] == "NVIDIA H100 80GB HBM3" and joined["metric"]["Hostname"] == "gpu-host"

@@ -7,6 +7,7 @@ status bad` answered "no job 'bad'" while jobs/rejected/bad.toml.error said why.
 from __future__ import annotations
 
 import json
+import sys
 import os
 import re
 from pathlib import Path
@@ -43,7 +44,7 @@ def _first_line_has(path: Path, needles: tuple[str, ...]) -> bool:
 
 
 def show_rejected(layout: Layout, name: str, *, as_json: bool) -> int | None:
-    """Print where NAME's .error is and its text (exit 1); None when no rejected file has that name."""
+    """Print where NAME's .error is and its text (exit 3: no such job); None when no rejected file has that name."""
     error = find_error(layout, name)
     if error is None:
         return None
@@ -56,4 +57,5 @@ def show_rejected(layout: Layout, name: str, *, as_json: bool) -> int | None:
     else:
         print(f"{name}: rejected at intake, never queued; the reasons are in {error}:")
         print("".join(f"  {line}\n" for line in text.splitlines()), end="")
-    return 1
+    print(f"mkd: no job {name!r}: the file was rejected; {error}", file=sys.stderr)
+    return 3
