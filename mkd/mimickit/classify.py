@@ -490,7 +490,7 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig(
         _F.PEER_LOST,
         r"Connection closed by peer|Connection reset by peer",
-        "seen: §6.1 gloo, cpu_2proc_sigTERM_root_only, cpu_2proc_fail_rank1_sigkill",
+        "seen: §6.1 gloo, cpu_2proc_sigTERM_root_only (rank 1), cpu_2proc_fail_rank1_sigkill (the root)",
         needles=("connection closed by peer", "connection reset by peer"),
     ),
     # -- a multi-process root's own traceback: it then hangs joining its children (§6.1 SIGINT to root).
@@ -548,8 +548,8 @@ REMEDIES: dict[FailureClass, str] = {
     _F.CANCELLED: "Not retried: the attempt was cancelled on request.",
     _F.KILLED: "Something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg; mkd runs it "
     "again unchanged, " + _AGAIN + ".",
-    _F.PEER_LOST: "A rank lost its root or a peer (the TCPStore host died) and would linger at 100 % GPU: mkd kills "
-    "the whole process group and runs it again unchanged, " + _AGAIN + ".",
+    _F.PEER_LOST: "A rank lost its root or a peer (another rank or the TCPStore's host died); a survivor fails or "
+    "lingers at 100 % GPU, so mkd kills the whole process group and runs it again unchanged, " + _AGAIN + ".",
     _F.LOST: "The shim died without recording how the run ended (mkd killed what was left of its group); mkd "
     "runs it again unchanged, " + _AGAIN + ".",
     _F.UNKNOWN: "No known signature: read the evidence; mkd runs it again unchanged, " + _AGAIN + ".",
