@@ -452,10 +452,12 @@ def test_only_a_root_that_lost_a_peer_names_peer_lost() -> None:
     gloo = read("cpu_2proc_sigTERM_root_only.stdout.txt")  # rank 1's gloo error after the root's SIGTERM
     child = classify(gloo, RC1, multi_device=True)
     assert child is not None and child.failure is F.UNKNOWN, "rank 1's error only says the root was gone"
-    root = "[rank0]: RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:11664. GLHF!\n"
-    found = classify("Setting seed: 1\n[rank0]: Traceback (most recent call last):\n" + root, RC1, multi_device=True)
-    assert found is not None and found.failure is F.PEER_LOST
-    assert found.evidence == (root.strip(),)
+    real = read("cpu_2proc_fail_rank1_sigkill.stdout.txt")  # rank 1 SIGKILLed: the root's all-reduce failed
+    found = classify(real, RC1, multi_device=True)
+    assert found is not None and (found.failure, found.permanent) == (F.PEER_LOST, False)
+    (line,) = found.evidence
+    assert line.startswith("[rank0]: RuntimeError: [") and "Connection closed by peer [127.0.0.1]:58797" in line
+    assert classify(real, None, multi_device=True) == found, "a bare log says the same"
 
 
 def test_peer_lost_lines_do_not_hide_a_real_cause() -> None:

@@ -501,3 +501,15 @@ def test_mimickit_config_checks(
     found = classify(run.text(), ExitInfo(1, None), multi_device="2proc" in real)
     assert found is not None and real_found is not None
     assert (found.failure, found.evidence, found.remedy) == (real_found.failure, real_found.evidence, real_found.remedy)
+
+
+def test_peer_dies_the_root_raises_gloos_error(launch: Launch) -> None:
+    run = launch("--devices", "cpu", "cpu", "--master_port", str(free_port()), fail="peer_dies_at=2")
+    assert finished(run) == 1
+    real = classify((FIXTURES / "cpu_2proc_fail_rank1_sigkill.stdout.txt").read_text(), ExitInfo(1, None))
+    found = classify(run.text(), ExitInfo(1, None), multi_device=True)
+    assert found is not None and real is not None
+    assert found.failure is real.failure is F.PEER_LOST
+    (line,) = found.evidence
+    assert line.startswith("[rank0]: RuntimeError: [") and "] Connection closed by peer [127.0.0.1]:" in line
+    assert real.evidence[0].startswith("[rank0]: RuntimeError: [") and "Connection closed by peer" in real.evidence[0]

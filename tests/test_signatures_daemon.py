@@ -99,3 +99,16 @@ def test_explain_on_a_stalled_attempt_says_mkd_stopped_it(home: Home, tmp_path: 
     assert copied["failure"] is None and copied["verdict"] == "stopped by mkd" and copied["stopped_by_mkd"] is True
     assert "outside mkd" not in str(copied["remedy"])
     assert "post-mortem bundle" in str(copied["remedy"]), "the stall's postmortem/ came along"
+
+
+def test_a_root_that_lost_its_peer_is_peer_lost_and_run_again(home: Home) -> None:
+    home.start()
+    once = f'FAKE_MK_FAIL = "peer_dies_at=2"\nFAKE_MK_FAIL_ONCE_FILE = "{home.root / "died-once"}"'
+    stages = '[[stages]]\nkind = "train"\nmax_samples = 20480\n'
+    home.drop("peer.toml", mimickit_job(devices='["cpu", "cpu"]', env=once, stages=stages))
+    home.wait_state("peer", "succeeded", timeout=40)
+    first, second = home.attempts("peer")
+    assert first["failure_class"] == "peer_lost"
+    assert any("Connection closed by peer" in line and line.startswith("[rank0]:") for line in first["evidence"])
+    assert second["params"]["num_envs"] == first["params"]["num_envs"], "run again unchanged"
+    assert "peer_lost: run again unchanged" in home.timeline("peer")

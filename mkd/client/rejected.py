@@ -7,9 +7,9 @@ status bad` answered "no job 'bad'" while jobs/rejected/bad.toml.error said why.
 from __future__ import annotations
 
 import json
-import sys
 import os
 import re
+import sys
 from pathlib import Path
 
 from mkd.layout import Layout

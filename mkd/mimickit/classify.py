@@ -490,7 +490,7 @@ SIGNATURES: tuple[Signature, ...] = (
     _sig(
         _F.PEER_LOST,
         r"Connection closed by peer|Connection reset by peer",
-        "seen: §6.1 gloo, cpu_2proc_sigTERM_root_only, cpu_2proc_fail_rank1_sigkill",
+        "seen: §6.1 gloo, cpu_2proc_sigTERM_root_only (rank 1), cpu_2proc_fail_rank1_sigkill (the root)",
         needles=("connection closed by peer", "connection reset by peer"),
     ),
     # -- a multi-process root's own traceback: it then hangs joining its children (§6.1 SIGINT to root).
@@ -549,8 +549,8 @@ REMEDIES: dict[FailureClass, str] = {
     _F.PAUSED: "Not retried: the job was paused on request and is held; `mkd resume` goes on from its last model.pt.",
     _F.KILLED: "Something outside mkd (e.g. the kernel's OOM killer) killed the run, check dmesg; mkd runs it "
     "again unchanged, " + _AGAIN + ".",
-    _F.PEER_LOST: "A rank lost its root or a peer (the TCPStore host died) and would linger at 100 % GPU: mkd kills "
-    "the whole process group and runs it again unchanged, " + _AGAIN + ".",
+    _F.PEER_LOST: "A rank lost its root or a peer (another rank or the TCPStore's host died); a survivor fails or "
+    "lingers at 100 % GPU, so mkd kills the whole process group and runs it again unchanged, " + _AGAIN + ".",
     _F.MKD_ERROR: "Not retried: mkd itself failed while judging the attempt; the evidence names the error, report it.",
     _F.LOST: "The shim died without recording how the run ended (mkd killed what was left of its group); mkd "
     "runs it again unchanged, " + _AGAIN + ".",

@@ -25,6 +25,7 @@ MODES: dict[str, bool] = {
     "stall_at": True,
     "nan_at": True,
     "linger": False,
+    "peer_dies_at": True,
     "ignore_sigterm": False,
     "env_mismatch": False,
     "missing_motion": False,

@@ -8,8 +8,10 @@ A child that dies before that collective leaves rank 0 waiting forever (§6.3 cl
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -260,6 +262,18 @@ def _iteration_faults(ctx: Rank, iteration: int) -> None:
         sleep_forever()
     if faults.at("stall_at", iteration):
         sleep_forever()
+    if faults.at("peer_dies_at", iteration) and ctx.procs > 1:
+        _peer_dies()
+
+
+def _peer_dies() -> None:
+    """Seen (cpu_2proc_fail_rank1_sigkill): rank 1 SIGKILLed mid-run; the root's next all-reduce raises
+    gloo's error with torch's `[rank0]: ` prefix and the root exits 1 (23 s later there)."""
+    for child in multiprocessing.active_children():
+        if child.name.startswith("Process-"):
+            os.kill(child.pid or 0, signal.SIGKILL)
+            child.join()
+    raise RuntimeError(texts.GLOO_PEER_CLOSED)
 
 
 def _save_model(out_dir: str, iteration: int, save_int: bool) -> None:

@@ -19,14 +19,17 @@ Copied from real observations (the team's MimicKit notes, mimickit.md):
   that raised in a multi-process run hangs joining its children (§6.1, SIGINT to the root);
   children exit when the root dies (gloo, §6.1) unless `linger` (NCCL on GPU, §6.1 / §6.3).
 * failure texts: oom_above (§6.3 row 1), cublas_oom (row 2), graph_oom_at (row 3),
-  port_in_use (§6.2), env_mismatch (§5.1), missing_motion (§6), no_display (§6).
+  port_in_use (§6.2), env_mismatch (§5.1), missing_motion (§6), no_display (§6), peer_dies_at
+  (rank 1 killed mid-run: the root's gloo error, tests/fixtures/mimickit/cpu_2proc_fail_rank1_sigkill);
+  MimicKit's config checks (fake_configs.py: Unsupported env/engine/agent/net/optimizer type, an
+  empty config or arg file), from the configs it is given.
 Synthesized (never seen for real): nccl_init (torch's DistBackendError format), nccl_abort_at
 (the runbook's class D texts), glsl (the runbook quotes only "GLSL 1.50 is not supported"),
 crash_at's message, and all numbers in the tables.
 
 FAKE_MK_FAIL (comma-separated): oom_above=N, cublas_oom, graph_oom_at=I, nccl_init,
 nccl_abort_at=I, port_in_use, glsl, no_display, crash_at=I, hang, stall_at=I, nan_at=I,
-linger, ignore_sigterm, env_mismatch, missing_motion. FAKE_MK_FAIL_ONCE_FILE=<path>: fail
+linger, peer_dies_at=I, ignore_sigterm, env_mismatch, missing_motion. FAKE_MK_FAIL_ONCE_FILE=<path>: fail
 only if <path> does not exist yet (and create it). Speed: FAKE_MK_ITER_SECONDS (0.05),
 FAKE_MK_STARTUP_SECONDS (0.1).
 """
