@@ -13,6 +13,7 @@ of its own (launch.json names it, the shim makes it); else the run is found by w
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from mkd.procs import (
 )
 from mkd.sdnotify import without_notify_vars
 
+log = logging.getLogger(__name__)
 KILL_ROUNDS_SECONDS = 2.0  # the daemon's own SIGKILL rounds for a lost shim's run (a D-state process waits)
 
 # The folder that holds the mkd package the daemon runs: the shim imports mkd from it.
@@ -86,6 +88,10 @@ class Engine:
         self.python = python
         self._children: set[int] = set()
         self.where = cgroup.locate(containment or cgroup.mode_from_env(dict(os.environ)))
+        if self.where.parent:
+            log.info("process containment: a cgroup per attempt, under %s", self.where.parent)
+        else:
+            log.info("process containment: /proc walk (no cgroup: %s)", self.where.why)
 
     @property
     def containment(self) -> str:

@@ -303,6 +303,8 @@ def test_cancel_leaves_no_escapee(daemon: Home, pids: Path) -> None:
     daemon.wait_state("esc", "cancelled", timeout=30)
     assert survivors(pids) == []
     assert containment_of(attempt_dir(daemon, "esc"))[1] == daemon.env["MKD_CONTAINMENT"]
+    said = "a cgroup per attempt" if daemon.env["MKD_CONTAINMENT"] == "cgroup" else "/proc walk"
+    assert f"process containment: {said}" in daemon.log.read_text(), "the daemon's log says which one"
     daemon.stop()
 
 
