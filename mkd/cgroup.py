@@ -7,8 +7,9 @@ each attempt's run starts in a cgroup of its own, `mkd-run-RUNID` beside the dae
 a kill is `cgroup.kill` (every process in it, forks racing the kill included), as systemd
 and Slurm's proctrack/cgroup do. Where it may not, mkd.procs walks /proc instead.
 
-Only the run is in the cgroup, not its shim: the shim moves itself in, starts the run
-(which is born there), and moves itself back, so that it can kill the cgroup.
+Only the run is in the cgroup, not its shim: the daemon moves the new shim in (or the shim
+itself, if the daemon did not), the shim starts the run (born there) and moves itself back
+out, so that it can kill the cgroup.
 """
 
 from __future__ import annotations

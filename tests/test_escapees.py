@@ -181,6 +181,10 @@ def test_stop_with_the_shim_gone_signals_every_process_of_the_run(
         wait_for(lambda: survivors(pids) == [], 10, "every process of the run to act on its SIGTERM")
     except AssertionError:
         raise AssertionError([read_stat(p) for p in survivors(pids)]) from None
+    assert engine.poll(attempt, handle) == ExitRecord(None, None, False, 0, None, lost=True)
+    assert engine.kill_orphaned_group(attempt) == 0  # what the daemon does next: nothing left, cgroup removed
+    child = engine.child(attempt)
+    assert child is not None and not (child.cgroup and os.path.exists(child.cgroup))
 
 
 @pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
