@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mkd import cgroup
+from mkd import engine as engine_module
 from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
 from mkd.postmortem import process_table
 from mkd.procs import ProcStat, read_stat, run_members
@@ -201,6 +202,23 @@ def test_cgroup_holds_the_run_and_not_its_shim(tmp_path: Path, token: str, pids:
     engine.stop(handle, attempt)
     finish(engine, attempt, handle)
     assert not os.path.exists(child.cgroup), "removed once empty"
+    engine.close()
+
+
+@pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
+def test_a_shim_the_daemon_did_not_move_moves_itself(
+    tmp_path: Path, token: str, pids: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "_move_into_new_cgroup", lambda pid, path: None)
+    engine = Engine(containment="cgroup")
+    attempt, handle = launch(engine, tmp_path, tree_argv(pids), token)
+    before = started(pids)
+    child = engine.child(attempt)
+    assert child is not None and child.containment == "cgroup" and child.cgroup
+    assert set(before) <= set(cgroup.procs(child.cgroup)) and handle.pid not in cgroup.procs(child.cgroup)
+    engine.stop(handle, attempt)
+    finish(engine, attempt, handle)
+    assert survivors(pids) == [] and not os.path.exists(child.cgroup)
     engine.close()
 
 
