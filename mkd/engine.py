@@ -6,9 +6,10 @@ in the store and in the attempt's folder, so a new daemon re-adopts a run withou
 starting a second copy.
 
 Containment: where mkd.cgroup finds a cgroup v2 tree it may write, each run gets a cgroup
-of its own (launch.json names it, the shim makes it); else the run is found by walking
-/proc (mkd.procs.run_members). Which one an attempt got is in its child.json and exit.json
-("containment"). The daemon's own kill paths, for a run whose shim is gone, use both.
+of its own (launch.json names it; the daemon makes it and moves the new shim in, or the
+shim does); else the run is found by walking /proc (mkd.procs.run_members). Which one an
+attempt got is in its child.json and exit.json ("containment"). The daemon's own kill
+paths, for a run whose shim is gone, use both.
 """
 
 from __future__ import annotations
