@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from mkd.procs import ProcStat, read_stat, send
@@ -171,6 +172,27 @@ def remove(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def sweep(parent: str, older_than: float = 60.0) -> int:
+    """Remove empty attempt cgroups left by shims that were killed with nobody to clean up (made
+    more than `older_than` seconds ago: a new one is empty until its shim steps in); returns how many."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if now - os.stat(path).st_mtime < older_than:
+                continue
+        except OSError:
+            continue
+        if not procs(path) and remove(path):
+            removed += 1
+    return removed
 
 
 def _unescape(field: str) -> str:

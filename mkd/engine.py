@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,8 @@ class Engine:
         self.where = cgroup.locate(containment or cgroup.mode_from_env(dict(os.environ)))
         if self.where.parent:
             log.info("process containment: a cgroup per attempt, under %s", self.where.parent)
+            if swept := cgroup.sweep(self.where.parent):
+                log.info("removed %d empty attempt cgroup(s) left by killed shims", swept)
         else:
             log.info("process containment: /proc walk (no cgroup: %s)", self.where.why)
 
@@ -138,8 +141,11 @@ class Engine:
             setsid=True,
         )
         self._children.add(pid)
-        if parent:
-            _move_into_new_cgroup(pid, os.path.join(parent, cgroup.PREFIX + run_id))
+        if parent:  # in a thread: the move may wait 10-15 ms in the kernel, the loop must not
+            path = os.path.join(parent, cgroup.PREFIX + run_id)
+            mover = threading.Thread(target=_move_into_new_cgroup, args=(pid, path), name="mkd-cgroup-move")
+            mover.daemon = True
+            mover.start()
         return ShimHandle(pid, start_ticks(pid))
 
     def reap(self) -> None:

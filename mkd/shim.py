@@ -306,7 +306,9 @@ class Shim:
                 rotate(console, max_bytes, backups)
                 next_rotate = now + 1.0
             time.sleep(POLL_SECONDS)
-        if cgroup and not self.stuck_in_cgroup:
+        if cgroup and _in_cgroup(cgroup):  # a move by the daemon that landed late
+            self._leave_cgroup(cgroup, remove=False)
+        if cgroup:
             cgroups.remove(cgroup)
         self._write_exit("cgroup" if cgroup else "proc")
 

@@ -222,6 +222,27 @@ def test_a_shim_the_daemon_did_not_move_moves_itself(
     engine.close()
 
 
+@pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
+def test_empty_attempt_cgroups_of_killed_shims_are_swept_and_live_ones_kept(
+    tmp_path: Path, token: str, pids: Path
+) -> None:
+    engine = Engine(containment="cgroup")
+    assert engine.where.parent
+    empty = os.path.join(engine.where.parent, f"{cgroup.PREFIX}test-{os.getpid()}")
+    os.mkdir(empty)
+    attempt, handle = launch(engine, tmp_path, tree_argv(pids), token)
+    started(pids)
+    child = engine.child(attempt)
+    assert child is not None and child.cgroup
+    assert cgroup.sweep(engine.where.parent, older_than=3600) == 0 and os.path.isdir(empty), "young: kept"
+    cgroup.sweep(engine.where.parent, older_than=0)
+    assert not os.path.exists(empty) and os.path.isdir(child.cgroup), "the empty one goes, the live one stays"
+    engine.stop(handle, attempt)
+    finish(engine, attempt, handle)
+    assert survivors(pids) == []
+    engine.close()
+
+
 HOP = """
 import os, sys, time
 folder, home = sys.argv[1], sys.argv[2]
