@@ -7,14 +7,16 @@ each attempt's run starts in a cgroup of its own, `mkd-run-RUNID` beside the dae
 a kill is `cgroup.kill` (every process in it, forks racing the kill included), as systemd
 and Slurm's proctrack/cgroup do. Where it may not, mkd.procs walks /proc instead.
 
-Only the run is in the cgroup, not its shim: the shim moves itself in, starts the run
-(which is born there), and moves itself back, so that it can kill the cgroup.
+Only the run is in the cgroup, not its shim: the daemon moves the new shim in (or the shim
+itself, if the daemon did not), the shim starts the run (born there) and moves itself back
+out, so that it can kill the cgroup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from mkd.procs import ProcStat, read_stat, send
@@ -170,6 +172,27 @@ def remove(path: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def sweep(parent: str, older_than: float = 60.0) -> int:
+    """Remove empty attempt cgroups left by shims that were killed with nobody to clean up (made
+    more than `older_than` seconds ago: a new one is empty until its shim steps in); returns how many."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(PREFIX)]
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if now - os.stat(path).st_mtime < older_than:
+                continue
+        except OSError:
+            continue
+        if not procs(path) and remove(path):
+            removed += 1
+    return removed
 
 
 def _unescape(field: str) -> str:

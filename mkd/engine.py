@@ -6,16 +6,20 @@ in the store and in the attempt's folder, so a new daemon re-adopts a run withou
 starting a second copy.
 
 Containment: where mkd.cgroup finds a cgroup v2 tree it may write, each run gets a cgroup
-of its own (launch.json names it, the shim makes it); else the run is found by walking
-/proc (mkd.procs.run_members). Which one an attempt got is in its child.json and exit.json
-("containment"). The daemon's own kill paths, for a run whose shim is gone, use both.
+of its own (launch.json names it; the daemon makes it and moves the new shim in, or the
+shim does); else the run is found by walking /proc (mkd.procs.run_members). Which one an
+attempt got is in its child.json and exit.json ("containment"). The daemon's own kill
+paths, for a run whose shim is gone, use both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ from mkd.procs import (
 )
 from mkd.sdnotify import without_notify_vars
 
+log = logging.getLogger(__name__)
 KILL_ROUNDS_SECONDS = 2.0  # the daemon's own SIGKILL rounds for a lost shim's run (a D-state process waits)
 
 # The folder that holds the mkd package the daemon runs: the shim imports mkd from it.
@@ -76,6 +81,12 @@ class Engine:
         self.python = python
         self._children: set[int] = set()
         self.where = cgroup.locate(containment or cgroup.mode_from_env(dict(os.environ)))
+        if self.where.parent:
+            log.info("process containment: a cgroup per attempt, under %s", self.where.parent)
+            if swept := cgroup.sweep(self.where.parent):
+                log.info("removed %d empty attempt cgroup(s) left by killed shims", swept)
+        else:
+            log.info("process containment: /proc walk (no cgroup: %s)", self.where.why)
 
     @property
     def containment(self) -> str:
@@ -120,6 +131,11 @@ class Engine:
             setsid=True,
         )
         self._children.add(pid)
+        if parent:  # in a thread: the move may wait 10-15 ms in the kernel, the loop must not
+            path = os.path.join(parent, cgroup.PREFIX + run_id)
+            mover = threading.Thread(target=_move_into_new_cgroup, args=(pid, path), name="mkd-cgroup-move")
+            mover.daemon = True
+            mover.start()
         return ShimHandle(pid, start_ticks(pid))
 
     def reap(self) -> None:
@@ -241,6 +257,22 @@ def shim_env(environ: Mapping[str, str]) -> dict[str, str]:
     inherited = env.get("PYTHONPATH")
     env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + inherited if inherited else "")
     return env
+
+
+def _move_into_new_cgroup(pid: int, path: str) -> None:
+    """Make the run's cgroup and move the just-started shim into it, while the shim's interpreter
+    starts: the first move into a new cgroup waits ~10-15 ms for the kernel, off the shim's path.
+    A failure is only logged: the shim then moves itself, or falls back to the /proc walk."""
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+    except OSError as error:
+        log.debug("cannot move shim %d into %s: %s", pid, path, error)
 
 
 def _reaped(pid: int) -> bool:

@@ -46,6 +46,7 @@ PR_SET_CHILD_SUBREAPER = 36
 RUN_ID_VAR = "MKD_RUN_ID"  # as mkd.procs.RUN_ID_VAR (not imported yet: see the module docstring)
 POLL_SECONDS = 0.05
 ROOT_EXIT_GRACE_CAP = 10.0
+CGROUP_WAIT_SECONDS = 0.5  # for the daemon to move the shim into the run's cgroup (see _cgroup_for_the_run)
 # At their default disposition in the run whatever the shim inherited: SIGPIPE and SIGXFSZ
 # are ignored by Python itself (subprocess's restore_signals resets these two as well).
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ)
@@ -132,6 +133,17 @@ def _enter_cgroup(path: str) -> bool:
     return True
 
 
+def _in_cgroup(path: str) -> bool:
+    """Whether this process is in the cgroup at `path` (named by its unique last component)."""
+    try:
+        with open("/proc/self/cgroup", "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    name = b"/" + os.path.basename(path).encode()
+    return any(line.startswith(b"0::") and line.endswith(name) for line in lines)
+
+
 def rotate(console: str | os.PathLike[str], max_bytes: int, backups: int) -> bool:
     """Copy-truncate rotation: the child keeps its O_APPEND descriptor and writes on."""
     path = os.fspath(console)
@@ -206,8 +218,6 @@ class Shim:
             self._leave_cgroup(cgroup, remove=True)
             self._write("exit.json", {"spawn_error": str(error), "ended_at": time.time()})
             return 0
-        if not self._leave_cgroup(cgroup, remove=False):
-            self.stuck_in_cgroup = True  # then never cgroup.kill: it would kill the shim too
         record = {
             "pid": pid,
             "pgid": pid,
@@ -218,24 +228,35 @@ class Shim:
             "run_id": run_id,
         }
         self._write("child.json", record, durable=False)
+        # out of the run's cgroup after child.json: a move waits ~10-15 ms for the kernel
+        if not self._leave_cgroup(cgroup, remove=False):
+            self.stuck_in_cgroup = True  # then never cgroup.kill: it would kill the shim too
         self._supervise(pid, console, cgroup)
         return 0
 
     def _cgroup_for_the_run(self) -> str | None:
-        """Make the run's cgroup and step into it, or None (then the /proc walk alone contains the run)."""
+        """Be in the run's cgroup before starting it, or None (then the /proc walk alone contains
+        the run). The daemon moves the shim there right after starting it, while this interpreter
+        starts up (a process's first move into a new cgroup waits ~10-15 ms for the kernel); only
+        if that has not happened within CGROUP_WAIT_SECONDS does the shim move itself."""
         path = self.launch.get("cgroup")
         if not path:
             return None
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            pass
-        except OSError:
-            return None
-        if not _enter_cgroup(path):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-            return None
+        deadline = time.monotonic() + CGROUP_WAIT_SECONDS
+        while not _in_cgroup(path):
+            if time.monotonic() > deadline:
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    pass
+                except OSError:
+                    return None
+                if not _enter_cgroup(path):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(path)
+                    return None
+                break
+            time.sleep(0.001)
         return str(path)
 
     def _leave_cgroup(self, cgroup: str | None, *, remove: bool) -> bool:
@@ -266,6 +287,8 @@ class Shim:
             return not children_left and not (cgroup and set(cgroups.procs(cgroup)) - {me})
 
         def kill_all() -> None:
+            if cgroup and _in_cgroup(cgroup):  # a move by the daemon that landed late: out again first
+                self.stuck_in_cgroup = not self._leave_cgroup(cgroup, remove=False) or _in_cgroup(cgroup)
             if cgroup and not self.stuck_in_cgroup:
                 cgroups.kill(cgroup)
             kill_until_gone(members, timeout=0.2)  # forks racing the kill: again at the next poll
@@ -299,7 +322,9 @@ class Shim:
                 rotate(console, max_bytes, backups)
                 next_rotate = now + 1.0
             time.sleep(POLL_SECONDS)
-        if cgroup and not self.stuck_in_cgroup:
+        if cgroup and _in_cgroup(cgroup):  # a move by the daemon that landed late
+            self._leave_cgroup(cgroup, remove=False)
+        if cgroup:
             cgroups.remove(cgroup)
         self._write_exit("cgroup" if cgroup else "proc")
 

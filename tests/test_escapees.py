@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mkd import cgroup
+from mkd import engine as engine_module
 from mkd.engine import Engine, ExitRecord, LaunchSpec, ShimHandle
 from mkd.postmortem import process_table
 from mkd.procs import ProcStat, read_stat, run_members
@@ -181,6 +182,10 @@ def test_stop_with_the_shim_gone_signals_every_process_of_the_run(
         wait_for(lambda: survivors(pids) == [], 10, "every process of the run to act on its SIGTERM")
     except AssertionError:
         raise AssertionError([read_stat(p) for p in survivors(pids)]) from None
+    assert engine.poll(attempt, handle) == ExitRecord(None, None, False, 0, None, lost=True)
+    assert engine.kill_orphaned_group(attempt) == 0  # what the daemon does next: nothing left, cgroup removed
+    child = engine.child(attempt)
+    assert child is not None and not (child.cgroup and os.path.exists(child.cgroup))
 
 
 @pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
@@ -197,6 +202,44 @@ def test_cgroup_holds_the_run_and_not_its_shim(tmp_path: Path, token: str, pids:
     engine.stop(handle, attempt)
     finish(engine, attempt, handle)
     assert not os.path.exists(child.cgroup), "removed once empty"
+    engine.close()
+
+
+@pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
+def test_a_shim_the_daemon_did_not_move_moves_itself(
+    tmp_path: Path, token: str, pids: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "_move_into_new_cgroup", lambda pid, path: None)
+    engine = Engine(containment="cgroup")
+    attempt, handle = launch(engine, tmp_path, tree_argv(pids), token)
+    before = started(pids)
+    child = engine.child(attempt)
+    assert child is not None and child.containment == "cgroup" and child.cgroup
+    assert set(before) <= set(cgroup.procs(child.cgroup)) and handle.pid not in cgroup.procs(child.cgroup)
+    engine.stop(handle, attempt)
+    finish(engine, attempt, handle)
+    assert survivors(pids) == [] and not os.path.exists(child.cgroup)
+    engine.close()
+
+
+@pytest.mark.skipif("cgroup" not in MECHANISMS, reason="no writable cgroup v2 tree here")
+def test_empty_attempt_cgroups_of_killed_shims_are_swept_and_live_ones_kept(
+    tmp_path: Path, token: str, pids: Path
+) -> None:
+    engine = Engine(containment="cgroup")
+    assert engine.where.parent
+    empty = os.path.join(engine.where.parent, f"{cgroup.PREFIX}test-{os.getpid()}")
+    os.mkdir(empty)
+    attempt, handle = launch(engine, tmp_path, tree_argv(pids), token)
+    started(pids)
+    child = engine.child(attempt)
+    assert child is not None and child.cgroup
+    assert cgroup.sweep(engine.where.parent, older_than=3600) == 0 and os.path.isdir(empty), "young: kept"
+    cgroup.sweep(engine.where.parent, older_than=0)
+    assert not os.path.exists(empty) and os.path.isdir(child.cgroup), "the empty one goes, the live one stays"
+    engine.stop(handle, attempt)
+    finish(engine, attempt, handle)
+    assert survivors(pids) == []
     engine.close()
 
 
@@ -303,6 +346,8 @@ def test_cancel_leaves_no_escapee(daemon: Home, pids: Path) -> None:
     daemon.wait_state("esc", "cancelled", timeout=30)
     assert survivors(pids) == []
     assert containment_of(attempt_dir(daemon, "esc"))[1] == daemon.env["MKD_CONTAINMENT"]
+    said = "a cgroup per attempt" if daemon.env["MKD_CONTAINMENT"] == "cgroup" else "/proc walk"
+    assert f"process containment: {said}" in daemon.log.read_text(), "the daemon's log says which one"
     daemon.stop()
 
 
