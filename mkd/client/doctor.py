@@ -152,12 +152,15 @@ def env_checks(config: DaemonConfig) -> list[Check]:
 
 
 def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None = None) -> int:
+    from mkd.client.doctor_display import display_checks  # it imports Check from here
+
     root = Path(mimickit_dir) if mimickit_dir else layout.mimickit_dir
     checks = [
         *mimickit_checks(root),
         *python_checks(config.mimickit_python, root if root.is_dir() else Path.cwd()),
         *gpu_checks(config),
         *env_checks(config),
+        *display_checks(config),
     ]
     for check in checks:
         print(check.render())
