@@ -16,6 +16,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.bench.bench_shared_gpu import FOREIGN_MIB, DriverProcessTable, foreign_holder, shared_gpu_env
 from tests.harness import Home, mimickit_job
 
@@ -30,6 +32,8 @@ def started_at(attempt: dict[str, object]) -> float:
     return float(json.loads((Path(str(attempt["dir"])) / "child.json").read_text())["started_at"])
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # ~80 s: each attempt lives 6 s so that NVML's 5 s samples see it
 def test_cuda_oom_retry_on_a_gpu_a_stranger_holds_starts_within_backoff_plus_1s(home: Home) -> None:
     config = home.config.read_text().replace('sample_every = "200ms"', 'sample_every = "5s"\nbusy_memory = "200GiB"')
     home.config.write_text(config, encoding="utf-8")

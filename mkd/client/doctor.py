@@ -158,6 +158,7 @@ def slurm_checks(config: DaemonConfig) -> list[Check]:
 
 
 def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None = None) -> int:
+    from mkd.client.doctor_display import display_checks  # it imports Check from here
     from mkd.client.doctor_procs import procs_checks  # here: it imports Check from this module
 
     root = Path(mimickit_dir) if mimickit_dir else layout.mimickit_dir
@@ -168,6 +169,7 @@ def run_doctor(config: DaemonConfig, layout: Layout, *, mimickit_dir: str | None
         *env_checks(config),
         *procs_checks(),
         *slurm_checks(config),
+        *display_checks(config),
     ]
     for check in checks:
         print(check.render())
