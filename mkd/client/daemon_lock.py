@@ -1,7 +1,8 @@
 """Is a daemon running on this layout? The one that holds var/mkd.lock (flock) is.
 
-Read from /proc/locks, so asking never takes the lock itself: a `mkd status` at the instant
-a daemon starts must not make that daemon think another one is running.
+Read from /proc/locks first, so asking does not take the lock itself when a daemon holds it;
+only when the table does not list it (no daemon, or a filesystem whose stat() numbers differ
+from the lock table's) does a LOCK_SH|LOCK_NB probe of a few microseconds decide.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ def lock_holder(layout: Layout) -> int | None:
             major, minor, inode = int(parts[0], 16), int(parts[1], 16), int(parts[2])
             if inode == info.st_ino and (major, minor) == (os.major(info.st_dev), os.minor(info.st_dev)):
                 return _pid_in_file(layout) or int(fields[4])
-    return None
+    # Not listed: no daemon, or a filesystem whose stat() device or inode is not the one the lock
+    # table shows (btrfs subvolumes, overlayfs): ask flock itself.
+    return _probe(layout)
 
 
 def _probe(layout: Layout) -> int | None:
-    """Without /proc/locks: try a shared lock for an instant."""
+    """Try a shared lock for an instant: it fails only while a daemon holds its exclusive one."""
     try:
         fd = os.open(layout.lock, os.O_RDONLY)
     except OSError:
