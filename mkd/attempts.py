@@ -299,7 +299,12 @@ class AttemptRunner:
         for attempt in self.runs.store.attempts(live_only=True):
             job = self.runs.store.get_job(attempt.job_id)
             assert job is not None
-            live = self._adopt(attempt, self.runs.spec(job), now)
+            try:
+                spec = self.runs.spec(job)
+            except Exception as error:  # e.g. stored by an older mkd with a value now out of range
+                self._give_up_on(attempt, job, error)
+                continue
+            live = self._adopt(attempt, spec, now)
             self.runs.live[attempt.id] = live
             alive = live.handle.pid is not None or live.handle.slurm_job_id is not None
             alive = alive and self.runs.executor.poll(live.handle, live.dir).exit is None
@@ -314,6 +319,28 @@ class AttemptRunner:
                 # killed between the attempt's row (or shim) and marking the job running: say what is true
                 why = f"attempt {attempt.number} ({attempt.stage_label}) was started just before mkd stopped"
                 self.runs.set_state(job, JobState.RUNNING, why, plan=attempt.params, next_attempt_at=None)
+
+    def _give_up_on(self, attempt: AttemptRecord, job: JobRecord, error: Exception) -> None:
+        """A stored job this mkd cannot read any more: stop its run (no one would supervise it) and fail it."""
+        log.error("job %s: cannot read its stored spec, stopping its run: %s", job.job_id, error)
+        self.runs.store.bump("internal_errors_total.judge")
+        attempt_dir = Path(attempt.dir)
+        recorded = RunRef.from_json(attempt.run_ref) if attempt.run_ref else None
+        handle = self.runs.executor.adopt(recorded, attempt_dir)
+        if handle is not None:
+            self.runs.executor.stop(handle, attempt_dir, kill_now=True)
+        verdict = judge_error(error)
+        why = f"mkd cannot read this job's stored spec ({type(error).__name__}: {error}); its run was stopped"
+        with self.runs.store.batch():
+            self.runs.store.update_attempt(
+                attempt.id,
+                state=AttemptState.ENDED,
+                ended_at=self.runs.wall(),
+                outcome=verdict.outcome,
+                failure_class=FailureClass.MKD_ERROR.value,
+                evidence=[why],
+            )
+            self.runs.set_state(job, JobState.FAILED, why)
 
     def _adopt(self, attempt: AttemptRecord, spec: JobSpec, now: float) -> LiveAttempt:
         """The attempt as a live one again: its executor handle, its console read up to now, its clocks."""

@@ -100,7 +100,11 @@ class Publisher:
         summaries = self.runs.store.attempt_summaries([j.job_id for j in shown])
         self._forget_all_but({j.job_id for j in shown})
         for job in shown:
-            jobs.append(self._job_view(job, now, summaries.get(job.job_id, {})))
+            try:
+                jobs.append(self._job_view(job, now, summaries.get(job.job_id, {})))
+            except Exception:  # one job mkd cannot show (a spec it cannot read) must not blank the others
+                log.debug("job %s: shown by its state only", job.job_id, exc_info=True)
+                jobs.append(JobView(job_id=job.job_id, state=job.state.value, finished_at=job.finished_at))
         counters = self.runs.store.counters()
         by_state = self.runs.store.count_by_state()
         owners = self.ledger.gpu_owners()

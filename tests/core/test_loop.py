@@ -11,6 +11,8 @@ import pytest
 
 from mkd.daemon import Daemon
 from mkd.executors.base import LaunchRequest
+from mkd.memory import Plan
+from mkd.states import JobState
 from tests.core.loop import (
     CRASH,
     OOM,
@@ -147,3 +149,24 @@ def test_cuda_oom_walks_down_the_ladder_then_passes(loop: tuple[Path, list[Daemo
         "cuda_oom: step num_envs down from 4096 to 2048",
         "cuda_oom: step num_envs down from 2048 to 1024",
     ]
+
+
+def test_a_stored_job_this_mkd_cannot_read_is_failed_at_restore_not_a_crash(tmp_path: Path) -> None:
+    """An upgrade tightened the job-file ranges: a job stored by the older mkd no longer validates."""
+    daemon, clock = make_daemon(tmp_path, lambda r: PASS_TRAIN)
+    spec = {"workload": {"kind": "command", "argv": ["sleep", "1"]}, "retry": {"max_attempts": 10**9}}
+    daemon.store.insert_job(
+        job_id="old", name="old", priority=0, source_file="old.toml", source_text="", spec=spec,
+        claim_token="t", now=clock.wall(),
+    )  # fmt: skip
+    daemon.store.set_job_state("old", JobState.RUNNING, "started", clock.wall())
+    daemon.store.add_attempt(job_id="old", stage_index=0, stage_label="1-command", params=Plan(),
+                             dir=str(tmp_path / "a"), now=clock.wall())  # fmt: skip
+    daemon.close()
+    again, _ = make_daemon(tmp_path, lambda r: PASS_TRAIN)
+    try:
+        job = again.store.find_job("old")
+        assert job is not None and job.state == "failed" and "cannot read this job's stored spec" in job.reason
+        assert [a.failure_class for a in again.store.attempts("old")] == ["mkd_error"]
+    finally:
+        again.close()
