@@ -25,12 +25,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -63,8 +60,6 @@ CLOCKS_EVENT_REASONS: tuple[tuple[int, str], ...] = (
     (0x80, "hw_power_brake_slowdown"),
     (0x100, "display_clock_setting"),
 )
-
-PROC = Path("/proc")
 
 
 @dataclass(frozen=True)
@@ -382,54 +377,6 @@ class GpuSampler:
 
 
 # --- pids, process groups and jobs ------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ProcStat:
-    pid: int
-    state: str
-    ppid: int
-    pgrp: int
-
-
-def _proc_stats(proc: Path) -> Iterator[_ProcStat]:
-    """Every live (not zombie) process of /proc; ones that vanish mid-scan are skipped."""
-    try:
-        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
-    except OSError:
-        return
-    for name in entries:
-        try:
-            data = (proc / name / "stat").read_text(errors="replace")
-        except OSError:
-            continue
-        # comm (field 2) is in parentheses and may hold spaces or ')'.
-        fields = data[data.rfind(")") + 2 :].split()
-        if len(fields) < 3 or fields[0] in ("Z", "X"):
-            continue
-        yield _ProcStat(int(name), fields[0], int(fields[1]), int(fields[2]))
-
-
-def process_tree(root_pid: int, proc: Path = PROC) -> set[int]:
-    """root_pid and all its live descendants (empty if root_pid is gone)."""
-    stats = list(_proc_stats(proc))
-    if not any(s.pid == root_pid for s in stats):
-        return set()
-    children: dict[int, list[int]] = {}
-    for s in stats:
-        children.setdefault(s.ppid, []).append(s.pid)
-    found, todo = {root_pid}, deque([root_pid])
-    while todo:
-        for child in children.get(todo.popleft(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def process_group_members(pgid: int, proc: Path = PROC) -> set[int]:
-    """Live processes whose process group is pgid, wherever they were reparented."""
-    return {s.pid for s in _proc_stats(proc) if s.pgrp == pgid}
 
 
 def attribute_processes(reading: GpuReading, owners: Mapping[int, str]) -> dict[tuple[str, str], int]:

@@ -80,10 +80,6 @@ class Layout:
         self.db = self.state_dir / "mkd.sqlite3"
         self.lock = self.state_dir / "mkd.lock"
 
-    def state_folder(self, state: str) -> Path:
-        """Where the job file of a job in this state is mirrored for people."""
-        return self.jobs_dir / state
-
     def create(self) -> None:
         for path in (self.state_dir, self.incoming, self.rejected, self.control, self.claimed, self.runs_dir):
             path.mkdir(parents=True, exist_ok=True)

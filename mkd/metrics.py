@@ -20,7 +20,7 @@ absent, not zero.  Losses may be NaN and are exported as NaN.
 
 Cardinality: per-job series exist only for the jobs in the view.  The daemon
 puts in the view every job that is not finished and the finished ones for
-``retention_seconds`` after they finished (jobs_for_export), so a
+``retention_seconds`` after they finished (mkd.publisher.Publisher.view), so a
 long-running daemon's series count stays bounded by its active jobs.
 mkd_jobs{state} counts every job the daemon knows, exported or not.
 
@@ -114,11 +114,6 @@ from mkd.snapshot import INTERNAL_ERROR_STEPS, JOB_STATES, DaemonView, Histogram
 log = logging.getLogger("mkd.metrics")
 
 GetView = Callable[[], DaemonView]
-
-
-def jobs_for_export(jobs: Iterable[JobView], now: float, retention_seconds: float) -> tuple[JobView, ...]:
-    """Unfinished jobs, and finished ones for retention_seconds (wall time) after they finished."""
-    return tuple(j for j in jobs if j.finished_at is None or now - j.finished_at < retention_seconds)
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:

@@ -154,11 +154,3 @@ def with_earlier_results(progress: Mapping[str, Any], results: Mapping[str, Any]
         if tested:
             out["test_result"] = tested
     return out
-
-
-def count_by_state(jobs: tuple[JobView, ...]) -> dict[str, int]:
-    """jobs_by_state for a list of jobs: every known state, 0 where none."""
-    counts = dict.fromkeys(JOB_STATES, 0)
-    for job in jobs:
-        counts[job.state] = counts.get(job.state, 0) + 1
-    return counts

@@ -19,11 +19,10 @@ from mkd.gpus import (
     attribute_processes,
     clocks_event_reasons,
     format_gpus_table,
-    process_group_members,
-    process_tree,
     reading_from_dict,
     reading_to_dict,
 )
+from mkd.procs import all_stats, descendants, group_members
 from tests.nvml_fixtures import (
     SamplerProcess,
     build_fake_nvml,
@@ -267,6 +266,10 @@ def test_init_is_not_retried_within_the_retry_interval(lib: Path, tmp_path: Path
     assert not again.available and again.error == "Driver Not Loaded (NVML error 9)"
 
 
+def process_group_members(pgid: int) -> set[int]:
+    return {s.pid for s in group_members(pgid)}
+
+
 @pytest.fixture
 def process_group() -> Iterator[subprocess.Popen[bytes]]:
     """A real process group: sh (the leader) with two sleep children."""
@@ -284,7 +287,7 @@ def test_attribution_through_a_real_process_group(lib: Path, process_group: subp
     pgid = process_group.pid
     wait_for(lambda: len(process_group_members(pgid)) == 3, 10, "sh and its two sleeps")
     members = process_group_members(pgid)
-    assert process_tree(pgid) == members
+    assert descendants(pgid) == members
     workers = sorted(members - {pgid})
     stranger = os.getpid()  # on the GPU but in no job
     procs = f"{workers[0]}:300,{workers[1]}:700,{stranger}:50"
@@ -308,29 +311,7 @@ def test_group_members_outlive_their_root(process_group: subprocess.Popen[bytes]
     process_group.wait(10)
 
     assert process_group_members(pgid) == workers
-    assert process_tree(pgid) == set()
-
-
-def _fake_proc(root: Path, pid: int, comm: str, state: str, ppid: int, pgrp: int) -> None:
-    (root / str(pid)).mkdir()
-    rest = f"{state} {ppid} {pgrp} {pgrp} 34816 {pgrp} 4194560 0 0 0 0"
-    (root / str(pid) / "stat").write_text(f"{pid} ({comm}) {rest}\n")
-
-
-def test_proc_parsing_on_a_proc_shaped_directory(tmp_path: Path) -> None:
-    _fake_proc(tmp_path, 1, "systemd", "S", 0, 1)
-    _fake_proc(tmp_path, 100, "python", "S", 1, 100)
-    _fake_proc(tmp_path, 101, "pt_main_thread", "R", 100, 100)
-    _fake_proc(tmp_path, 102, "a b) (c", "S", 101, 100)  # comm with spaces and parentheses
-    _fake_proc(tmp_path, 103, "defunct", "Z", 100, 100)  # zombies hold nothing
-    _fake_proc(tmp_path, 104, "orphan", "S", 1, 100)  # reparented worker, same group
-    _fake_proc(tmp_path, 200, "other", "S", 1, 200)
-    (tmp_path / "self").mkdir()
-
-    assert process_tree(100, tmp_path) == {100, 101, 102}
-    assert process_group_members(100, tmp_path) == {100, 101, 102, 104}
-    assert process_tree(999, tmp_path) == set()
-    assert process_group_members(100, tmp_path / "missing") == set()
+    assert pgid not in {s.pid for s in all_stats()}
 
 
 def _gpu(index: int, **kw: object) -> GpuSample:

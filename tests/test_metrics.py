@@ -10,6 +10,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from mkd.metrics import (
     MetricsServer,
     MetricsUnavailable,
     build_info,
-    jobs_for_export,
     make_registry,
     serve,
     write_hpc_job_mapping,
@@ -38,7 +38,6 @@ from mkd.snapshot import (
     Histogram,
     HistogramSnapshot,
     JobView,
-    count_by_state,
 )
 from mkd.states import JobState
 from tests.harness import Home, wait_for
@@ -121,7 +120,7 @@ def view(**kw: object) -> DaemonView:
     values: dict[str, object] = {
         "started_at": 900.0,
         "jobs": jobs,
-        "jobs_by_state": count_by_state(jobs),
+        "jobs_by_state": dict(Counter(j.state for j in jobs)),
         "attempts_total": 7,
         "failures_by_class": {"cuda_oom": 2, "stall": 1},
         "retries_total": 3,
@@ -329,16 +328,6 @@ def test_nothing_registered_at_import_and_registries_are_separate() -> None:
     assert not {n for n in names(s) if n.startswith("process_")}
     with_process = parse(generate_latest(make_registry(view, process_metrics=True)).decode())
     assert "process_cpu_seconds_total" in names(with_process)
-
-
-def test_jobs_for_export_keeps_unfinished_and_recently_finished() -> None:
-    old = JobView(job_id="old", state="failed", finished_at=100.0)
-    recent = JobView(job_id="recent", state="succeeded", finished_at=950.0)
-    queued = JobView(job_id="queued", state="queued")
-
-    kept = jobs_for_export([old, recent, queued], now=1000.0, retention_seconds=300.0)
-
-    assert [j.job_id for j in kept] == ["recent", "queued"]
 
 
 @pytest.fixture
