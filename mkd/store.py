@@ -395,6 +395,7 @@ class Store:
         out = []
         for row in self._conn.execute(sql):
             plan = json.loads(row["plan"])
+            params = json.loads(row["params"]) if row["params"] else {}
             out.append(
                 {
                     "job_id": row["job_id"],
@@ -403,8 +404,9 @@ class Store:
                     "submitted_at": row["submitted_at"],
                     "stage": row["stage_label"] or f"stage {row['stage_index'] + 1}",
                     "attempt": row["number"],
-                    "num_envs": plan.get("num_envs"),
-                    "params": json.loads(row["params"]) if row["params"] else {},
+                    # the shown attempt's num_envs, of the same stage as STAGE (the plan may be the next stage's)
+                    "num_envs": params.get("num_envs") if row["number"] else plan.get("num_envs"),
+                    "params": params,
                     "progress": json.loads(row["progress"]) if row["progress"] else {},
                 }
             )
