@@ -35,7 +35,7 @@ from mkd.config import DaemonConfig, Layout
 from mkd.fsutil import atomic_write, free_name
 from mkd.mirror import place_job_file
 from mkd.states import JobState
-from mkd.store import Store
+from mkd.store import Store, StoreError
 
 log = logging.getLogger("mkd.intake")
 IGNORED_SUFFIXES = (".tmp", ".swp", ".swx", ".part", "~")
@@ -108,6 +108,8 @@ class Intake:
         path = self.layout.incoming / name
         try:
             self._take_one(path, name, now_mono, result)
+        except StoreError:
+            raise  # the store cannot be written: the daemon stops; the file is taken again at the next start
         except Exception as error:  # one strange file must never stop the intake: set it aside, count it
             log.exception("intake: %s could not be taken", display_name(name))
             self._count("intake_errors_total")
@@ -162,6 +164,8 @@ class Intake:
             name = entry.partition("__")[2]
             try:
                 self._record_claimed(claimed, name, result, first=None)
+            except StoreError:
+                raise
             except Exception as error:  # as in _take: never fatal, and never at every start again
                 log.exception("intake: claimed file %s could not be recovered", display_name(entry))
                 self._count("intake_errors_total")
@@ -266,5 +270,7 @@ class Intake:
     def _count(self, counter: str) -> None:
         try:
             self.store.bump(counter)
+        except StoreError:
+            raise
         except Exception as error:  # a counter is never worth the intake
             log.error("intake: cannot count %s: %s", counter, error)

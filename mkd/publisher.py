@@ -16,7 +16,7 @@ from mkd.runs import Runs
 from mkd.snapshot import DaemonView, JobView, internal_errors_by_step, with_earlier_results
 from mkd.stagekinds import TRAINING
 from mkd.states import LIVE
-from mkd.store import JobRecord
+from mkd.store import JobRecord, StoreError
 
 log = logging.getLogger("mkd.publisher")
 STATUS_WRITE_SECONDS = 10.0  # a live job's status.json; report.md at every state change and each minute
@@ -102,6 +102,8 @@ class Publisher:
         for job in shown:
             try:
                 jobs.append(self._job_view(job, now, summaries.get(job.job_id, {})))
+            except StoreError:
+                raise
             except Exception:  # one job mkd cannot show (a spec it cannot read) must not blank the others
                 log.debug("job %s: shown by its state only", job.job_id, exc_info=True)
                 jobs.append(JobView(job_id=job.job_id, state=job.state.value, finished_at=job.finished_at))
