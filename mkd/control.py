@@ -34,6 +34,9 @@ SETTLE_SECONDS = 0.25  # a file written in place is read once it has not changed
 # what a retry keeps of the finished job's stage data (what later stages use), as a stage advance does
 
 Handler = Callable[[Request, float, str], str]
+# A shutdown left by `mkd shutdown` with no daemon running would stop the next daemon the moment it
+# starts: reported and removed. Job verbs dropped just before a restart still hold and are obeyed.
+STALE_NOT_OBEYED = frozenset({"shutdown", "shutdown-stop-runs"})
 
 
 class Refused(Exception):
@@ -112,18 +115,21 @@ class ControlFiles:
             return
         job = self.store.find_job(request.job) if request.job else None
         job_id = job.job_id if job else None
+        source = f"control file {name}"
         if mtime < self.started_at:
             written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
-            self._answer(
-                job_id,
-                name,
-                request.request_id,
-                False,
-                f"not obeyed: written at {written}, before this daemon started (no daemon was running to take it); "
-                "ask again if it still holds",
-            )
-            return
-        source = f"control file {name}"
+            if request.verb in STALE_NOT_OBEYED:
+                self._answer(
+                    job_id,
+                    name,
+                    request.request_id,
+                    False,
+                    f"not obeyed: written at {written}, before this daemon started (no daemon was running to "
+                    "take it); ask again if it still holds",
+                )
+                return
+            # a cancel or a pause asked just before a restart still holds: obeyed, and said so
+            source = f"{source} (written at {written}, before this daemon started)"
         try:
             message = self.handlers[request.verb](request, now, source)
         except Refused as why:

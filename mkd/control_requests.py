@@ -47,6 +47,10 @@ class RequestError(ValueError):
     """A control file that cannot be obeyed as written; the message says what to fix."""
 
 
+# Verbs that take no options: their body may be any text (kept as a note), not only TOML.
+FREE_TEXT_VERBS = frozenset({"cancel", "pause", "resume", "shutdown", "shutdown-stop-runs"})
+
+
 @dataclass(frozen=True)
 class Request:
     verb: str
@@ -84,7 +88,10 @@ def parse_request(name: str, text: str) -> Request:
     try:
         body = tomllib.loads(text) if text.strip() else {}
     except tomllib.TOMLDecodeError as error:
-        raise RequestError(f"{name}: the body is not TOML: {error}") from None
+        if verb not in FREE_TEXT_VERBS:
+            raise RequestError(f"{name}: the body is not TOML: {error}") from None
+        # a verb without options: any text is a note for the timeline (`echo why > JOB.cancel`)
+        body = {"note": text.strip().splitlines()[0][:200]}
     if verb == "priority":
         body["priority"] = check_priority(body.get("priority"), name)
     elif verb == "retry":
