@@ -93,16 +93,7 @@ class AttemptRunner:
         """The attempt's end could not be decided: record it as mkd's error and fail the job, with the evidence."""
         verdict = judge_error(error)
         with self.runs.store.batch():
-            self.runs.store.update_attempt(
-                live.attempt_id,
-                state=AttemptState.ENDED,
-                ended_at=self.runs.wall(),
-                returncode=exit.returncode,
-                signal=exit.signal,
-                outcome=verdict.outcome,
-                failure_class=FailureClass.MKD_ERROR.value,
-                evidence=list(verdict.evidence),
-            )
+            self._record_end(live, exit, verdict)
             job = self.runs.store.get_job(live.job_id)
             if job is not None and not job.state.finished:
                 self.runs.set_state(job, JobState.FAILED, verdict.evidence[0])
@@ -205,17 +196,7 @@ class AttemptRunner:
         failure = None if verdict.failure is None else verdict.failure.value
         evidence, permanent = verdict.evidence, verdict.permanent
         progress = live.progress()
-        self.runs.store.update_attempt(
-            live.attempt_id,
-            state=AttemptState.ENDED,
-            ended_at=self.runs.wall(),
-            returncode=exit.returncode,
-            signal=exit.signal,
-            outcome=verdict.outcome,
-            failure_class=failure,
-            evidence=list(evidence),
-            progress=progress,
-        )
+        self._record_end(live, exit, verdict, progress=progress)
         if exit.lingering_workers:
             self.runs.event(job.job_id, "workers", f"{exit.lingering_workers} worker(s) outlived the root; killed")
         if failure and failure not in ("cancelled", "paused"):
@@ -223,6 +204,20 @@ class AttemptRunner:
         had_progress = live.last is not None or live.parser.test_result is not None
         attempt = replace(attempt, progress=progress)
         self._after(job, spec, stage, attempt, live, failure, permanent, had_progress)
+
+    def _record_end(self, live: LiveAttempt, exit: ExitRecord, verdict: Verdict, **fields: Any) -> None:
+        """The attempt's row as it ended: exit status, outcome, class and evidence."""
+        self.runs.store.update_attempt(
+            live.attempt_id,
+            state=AttemptState.ENDED,
+            ended_at=self.runs.wall(),
+            returncode=exit.returncode,
+            signal=exit.signal,
+            outcome=verdict.outcome,
+            failure_class=None if verdict.failure is None else verdict.failure.value,
+            evidence=list(verdict.evidence),
+            **fields,
+        )
 
     def _attempt_end(self, live: LiveAttempt, exit: ExitRecord, stage: Stage, attempt: AttemptRecord) -> AttemptEnd:
         """Read what the verdict looks at; a lost run's leftovers are killed first."""

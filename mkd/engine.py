@@ -97,22 +97,8 @@ class Engine:
         attempt_dir.mkdir(parents=True, exist_ok=True)
         run_id = os.urandom(8).hex()
         parent = self.where.parent
-        atomic_write_json(
-            attempt_dir / "launch.json",
-            {
-                "run_id": run_id,
-                "cgroup": os.path.join(parent, cgroup.PREFIX + run_id) if parent else None,
-                "cgroup_home": parent,
-                "argv": spec.argv,
-                "env": spec.env,
-                "cwd": spec.cwd,
-                "console": str(spec.console),
-                "grace_seconds": spec.grace_seconds,
-                "log_max_bytes": spec.log_max_bytes,
-                "log_backups": spec.log_backups,
-            },
-            mode=0o600,  # the run's whole environment, secrets included: for the daemon's user only
-        )
+        cgroup_path = os.path.join(parent, cgroup.PREFIX + run_id) if parent else None
+        write_launch(attempt_dir, spec, run_id=run_id, cgroup=cgroup_path, cgroup_home=parent)
         pid = os.posix_spawn(
             self.python,
             shim_argv(self.python, attempt_dir),
@@ -201,6 +187,23 @@ class Engine:
         """Forget the shims; they and their runs keep going without the daemon."""
         self.reap()
         self._children.clear()
+
+
+def write_launch(attempt_dir: Path, spec: LaunchSpec, **extra: object) -> None:
+    """ATTEMPT_DIR/launch.json, what the shim runs, wherever it runs (this host or a Slurm node);
+    `extra`: what only one executor adds (the cgroup, the variables a node passes on)."""
+    record = {
+        **extra,
+        "argv": spec.argv,
+        "env": spec.env,
+        "cwd": spec.cwd,
+        "console": str(spec.console),
+        "grace_seconds": spec.grace_seconds,
+        "log_max_bytes": spec.log_max_bytes,
+        "log_backups": spec.log_backups,
+    }
+    # the run's whole environment, secrets included: for the daemon's user only
+    atomic_write_json(attempt_dir / "launch.json", record, mode=0o600)
 
 
 def child_info(attempt_dir: Path) -> ChildInfo | None:

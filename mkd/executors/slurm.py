@@ -28,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mkd.engine import shim_env
+from mkd.engine import shim_env, write_launch
 from mkd.executors.base import LaunchRequest, RunRef, RunStatus
 from mkd.exits import ExitRecord
 from mkd.exits import read_exit as exit_record
@@ -227,20 +227,7 @@ class SlurmExecutor:
         folder = request.attempt_dir
         folder.mkdir(parents=True, exist_ok=True)
         spec = request.spec
-        atomic_write_json(
-            folder / "launch.json",
-            {
-                "argv": spec.argv,
-                "env": spec.env,
-                "cwd": spec.cwd,
-                "console": str(spec.console),
-                "grace_seconds": spec.grace_seconds,
-                "log_max_bytes": spec.log_max_bytes,
-                "log_backups": spec.log_backups,
-                "inherit_env": list(INHERIT_ENV),
-            },
-            mode=0o600,  # the run's whole environment, secrets included: for the daemon's user only
-        )
+        write_launch(folder, spec, inherit_env=list(INHERIT_ENV))
         script = folder / "slurm.sh"
         atomic_write(script, batch_script(self.python, folder), mode=0o700)
         argv = sbatch_argv(self.settings, request, script)
