@@ -142,8 +142,6 @@ class AttemptRunner:
     def _check(self, live: LiveAttempt, lines: list[str], rows: list[Any], now: float) -> None:
         """Signatures that mean "stop it now", NaN, and the clocks: stage timeout, start-up, stall."""
         watch = self.runs.spec_of(live.job_id).watch
-        child = child_info(live.dir)
-        root = read_stat(child.pid) if child is not None else None
         facts = RunFacts(
             stage_kind=live.stage_kind,
             age=now - live.started_mono,
@@ -152,10 +150,14 @@ class AttemptRunner:
             startup_timeout=watch.startup_timeout.total_seconds(),
             stall_timeout=watch.stall_timeout.total_seconds(),
             probe_passed=live.stage_kind == "probe" and self._probe_passed(live),
-            root_state=None if root is None else root.state,
-            root_pid=None if child is None else child.pid,
         )
         wanted = check(facts, lines, rows)
+        if wanted is not None and wanted.reason == FailureClass.STALL.value:
+            # only now the root's state in /proc (stopped?): not a /proc read per run per tick
+            child = child_info(live.dir)
+            root = read_stat(child.pid) if child is not None else None
+            if root is not None:
+                wanted = check(replace(facts, root_state=root.state, root_pid=root.pid), lines, rows)
         if wanted is not None:
             self.stop(live, wanted.reason, wanted.evidence, now, kill_now=wanted.kill_now)
 

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mkd.memory import JobMemory, Plan
 from mkd.states import LIVE, AttemptState, JobState, check_reopen, check_transition
+
+if TYPE_CHECKING:  # `mkd status` reads rows without them: building mkd.memory's dataclasses costs ~20 ms
+    from mkd.memory import JobMemory, Plan
 
 # The live states as SQL, for the queries and the partial index that keeps live names unique.
 LIVE_SQL = "(" + ",".join(f"'{state.value}'" for state in sorted(LIVE)) + ")"
@@ -191,6 +193,8 @@ def _job(row: sqlite3.Row) -> JobRecord:
     values = {k: (json.loads(row[k]) if k in _JSON_JOB else row[k]) for k in JOB_COLUMNS}
     values["state"] = JobState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    from mkd.memory import JobMemory, Plan
+
     values["memory"] = JobMemory.from_json(values.pop("stage_data"))
     values["plan"] = Plan.from_json(values["plan"]) if values["plan"] else None
     return JobRecord(**values)
@@ -199,13 +203,15 @@ def _job(row: sqlite3.Row) -> JobRecord:
 def _attempt(row: sqlite3.Row) -> AttemptRecord:
     values = {k: (json.loads(row[k]) if k in _JSON_ATTEMPT else row[k]) for k in ATTEMPT_COLUMNS}
     values["state"] = AttemptState(values["state"])
+    from mkd.memory import Plan
+
     values["params"] = Plan.from_json(values["params"])
     return AttemptRecord(**values)
 
 
 def _encode(value: Any) -> Any:
     """A field's value as the store keeps it: typed state and containers as JSON text."""
-    if isinstance(value, JobMemory | Plan):
+    if hasattr(value, "to_json"):  # mkd.memory's typed state
         return json.dumps(value.to_json())
     if isinstance(value, dict | list):
         return json.dumps(value)
