@@ -269,29 +269,42 @@ class Shim:
                 os.rmdir(cgroup)
         return left
 
-    def _supervise(self, pid: int, console: str, cgroup: str | None) -> None:
+    def _members(self, cgroup: str | None) -> list[ProcStat]:
+        """Every live process of the run: the shim's descendants (it is their subreaper) and its cgroup's."""
         from mkd import cgroup as cgroups  # after child.json: see the module docstring
-        from mkd.procs import all_stats, descendants, kill_until_gone
+        from mkd.procs import all_stats, descendants
 
         me = os.getpid()
+        stats = all_stats()
+        below = descendants(me, stats) - {me}
+        inside = set(cgroups.procs(cgroup)) - {me} if cgroup else set()
+        return [s for s in stats if (s.pid in below or s.pid in inside) and s.state != "Z"]
+
+    @staticmethod
+    def _quiet(children_left: bool, cgroup: str | None) -> bool:
+        """No process of the run is left: the shim has no child (every orphan becomes one) and the cgroup is empty."""
+        from mkd import cgroup as cgroups
+
+        return not children_left and not (cgroup and set(cgroups.procs(cgroup)) - {os.getpid()})
+
+    def _kill_all(self, cgroup: str | None) -> None:
+        from mkd import cgroup as cgroups
+        from mkd.procs import kill_until_gone
+
+        if cgroup and _in_cgroup(cgroup):  # a move by the daemon that landed late: out again first
+            self.stuck_in_cgroup = not self._leave_cgroup(cgroup, remove=False) or _in_cgroup(cgroup)
+        if cgroup and not self.stuck_in_cgroup:
+            cgroups.kill(cgroup)
+        kill_until_gone(lambda: self._members(cgroup), timeout=0.2)  # forks racing the kill: again next poll
+
+    def _supervise(self, pid: int, console: str, cgroup: str | None) -> None:
+        from mkd import cgroup as cgroups
 
         def members() -> list[ProcStat]:
-            stats = all_stats()
-            below = descendants(me, stats) - {me}
-            inside = set(cgroups.procs(cgroup)) - {me} if cgroup else set()
-            return [s for s in stats if (s.pid in below or s.pid in inside) and s.state != "Z"]
+            return self._members(cgroup)
 
         def quiet(children_left: bool) -> bool:
-            """No process of the run is left: the shim has no child (every orphan becomes one) and
-            the cgroup is empty."""
-            return not children_left and not (cgroup and set(cgroups.procs(cgroup)) - {me})
-
-        def kill_all() -> None:
-            if cgroup and _in_cgroup(cgroup):  # a move by the daemon that landed late: out again first
-                self.stuck_in_cgroup = not self._leave_cgroup(cgroup, remove=False) or _in_cgroup(cgroup)
-            if cgroup and not self.stuck_in_cgroup:
-                cgroups.kill(cgroup)
-            kill_until_gone(members, timeout=0.2)  # forks racing the kill: again at the next poll
+            return self._quiet(children_left, cgroup)
 
         grace = float(self.launch.get("grace_seconds", 30.0))
         max_bytes = int(self.launch.get("log_max_bytes", 0))
@@ -314,7 +327,7 @@ class Shim:
             if stopping and (self.kill_at is None or now < self.kill_at):
                 self._terminate_new(members(), termed)  # a process forked since gets its SIGTERM too
             if self.kill_at is not None and now >= self.kill_at:
-                kill_all()
+                self._kill_all(cgroup)
                 children_left = self._reap(pid)
             if self.root_status is not None and stopping and quiet(children_left):
                 break
