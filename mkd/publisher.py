@@ -17,6 +17,7 @@ from mkd.snapshot import DaemonView, JobView, internal_errors_by_step, with_earl
 from mkd.stagekinds import TRAINING
 from mkd.states import LIVE
 from mkd.store import JobRecord, StoreError
+from mkd.store_views import attempt_summaries
 
 log = logging.getLogger("mkd.publisher")
 STATUS_WRITE_SECONDS = 10.0  # a live job's status.json; report.md at every state change and each minute
@@ -97,7 +98,7 @@ class Publisher:
         retention = self.runs.config.metrics.retention.total_seconds()
         wall = self.runs.wall()
         shown = self.runs.store.jobs(set(LIVE)) + self._recently_finished(wall - retention)
-        summaries = self.runs.store.attempt_summaries([j.job_id for j in shown])
+        summaries = attempt_summaries(self.runs.store, [j.job_id for j in shown])
         self._forget_all_but({j.job_id for j in shown})
         for job in shown:
             try:

@@ -10,6 +10,7 @@ import argparse
 
 from mkd.layout import Layout
 from mkd.store import Store
+from mkd.store_views import status_rows
 
 JOB_METAVARS = ("JOB",)
 FILE_METAVARS = ("FILE", "LOGFILE", "FILE.png")
@@ -93,6 +94,6 @@ def job_names(layout: Layout) -> list[str]:
         return []
     store = Store.open(layout.db, readonly=True)
     try:
-        return [str(row["job_id"]) for row in store.status_rows(50)]
+        return [str(row["job_id"]) for row in status_rows(store, 50)]
     finally:
         store.close()

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 from mkd.report import attempt_dict
 from mkd.store import Store
+from mkd.store_views import status_rows
 
 RECENT_FINISHED = 20
 COLUMNS = ("JOB", "STATE", "STAGE", "ATTEMPT", "DEVICES", "NUM_ENVS", "PROGRESS", "AGE", "WHY")
@@ -71,7 +72,7 @@ def _granted(params: dict[str, Any]) -> str:
 def rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
     now = time.time()
     out = []
-    for row in store.status_rows(None if show_all else RECENT_FINISHED):
+    for row in status_rows(store, None if show_all else RECENT_FINISHED):
         params = row["params"] or {}
         out.append(
             {

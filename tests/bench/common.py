@@ -21,6 +21,7 @@ from mkd.config import DaemonConfig, Layout
 from mkd.memory import Plan
 from mkd.states import AttemptState, JobState
 from mkd.store import Store
+from mkd.store_views import status_rows
 from tests.harness import Home
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -114,7 +115,7 @@ def status_rows_seconds(db: Path) -> float:
     store = Store.open(db, readonly=True)
     try:
         started = time.perf_counter()
-        store.status_rows(20)
+        status_rows(store, 20)
         return time.perf_counter() - started
     finally:
         store.close()

@@ -10,6 +10,7 @@ from mkd.client.status_view import _progress
 from mkd.memory import Plan
 from mkd.states import JobState
 from mkd.store import Store
+from mkd.store_views import status_rows
 
 
 def test_num_envs_and_rate_are_the_shown_attempts(tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_num_envs_and_rate_are_the_shown_attempts(tmp_path: Path) -> None:
     progress = {"iteration": 40, "samples": 5_000_000, "samples_per_second": 22.9, "median_samples_per_second": 56.5}
     store.update_attempt(attempt.id, progress=progress)
     store.update_job("j", 3.0, plan=Plan(num_envs=1, test_episodes=1))  # the next stage's plan
-    (row,) = store.status_rows(None)
+    (row,) = status_rows(store, None)
     assert (row["stage"], row["num_envs"]) == ("1-train", 4096)
     assert "56.5/s" in _progress(row["progress"]) and "22.9" not in _progress(row["progress"])
     store.close()
