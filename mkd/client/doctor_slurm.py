@@ -29,7 +29,6 @@ def slurm_checks(config: DaemonConfig) -> list[Check]:
     executor = config.executor
     if executor.kind != "slurm":
         return []
-    checks: list[Check] = []
     missing = [name for name in COMMANDS if shutil.which(name) is None]
     if missing:
         return [
@@ -39,49 +38,51 @@ def slurm_checks(config: DaemonConfig) -> list[Check]:
                 "install Slurm's client tools on mkd's host (Debian: slurm-client)",
             )
         ]
-    checks.append(Check("ok", f"Slurm commands found: {', '.join(COMMANDS)}"))
+    checks = [Check("ok", f"Slurm commands found: {', '.join(COMMANDS)}"), _accounting_check()]
+    return checks + _partition_checks(executor.partition or "", executor.gres)
+
+
+def _accounting_check() -> Check:
     code, out = _run(["sacct", "-n", "-X", "--starttime", "now", "-o", "JobID"])
-    if code != 0:
-        checks.append(
-            Check(
-                "fail",
-                f"Slurm accounting is off or unreachable: {out.splitlines()[-1] if out else code}",
-                "mkd reads how a job ended from sacct: run slurmdbd, AccountingStorageType=accounting_storage/slurmdbd",
-            )
-        )
-    else:
-        checks.append(Check("ok", "Slurm accounting answers (sacct)"))
-    partition = executor.partition or ""
+    if code == 0:
+        return Check("ok", "Slurm accounting answers (sacct)")
+    return Check(
+        "fail",
+        f"Slurm accounting is off or unreachable: {out.splitlines()[-1] if out else code}",
+        "mkd reads how a job ended from sacct: run slurmdbd, AccountingStorageType=accounting_storage/slurmdbd",
+    )
+
+
+def _partition_checks(partition: str, wanted_gres: str) -> list[Check]:
+    """The partition exists, is up, has nodes, and offers the GRES mkd asks for."""
     code, out = _run(["scontrol", "show", "partition", "-o", partition])
     if code != 0:
         why = out.splitlines()[-1] if out else f"scontrol exited {code}"
-        checks.append(
+        return [
             Check(
                 "fail",
                 f"partition {partition!r} does not exist: {why}",
                 "set [executor] partition to one `sinfo -s` lists",
             )
-        )
-        return checks
+        ]
     code, out = _run(["sinfo", "-h", "-p", partition, "-o", "%P|%a|%D|%G"])
     rows = [line for line in out.splitlines() if line.count("|") == 3] if code == 0 else []
     if not rows:
-        checks.append(Check("warn", f"partition {partition!r} exists but sinfo shows no node in it"))
-        return checks
+        return [Check("warn", f"partition {partition!r} exists but sinfo shows no node in it")]
     name, avail, nodes, gres = rows[0].split("|")
     level = "ok" if avail == "up" else "warn"
-    checks.append(
+    checks = [
         Check(
             level,
             f"partition {name.rstrip('*')}: {avail}, {nodes} node(s), GRES {gres or '-'}",
             "" if level == "ok" else "the partition is not up: jobs will wait",
         )
-    )
-    if executor.gres not in gres:
+    ]
+    if wanted_gres not in gres:
         checks.append(
             Check(
                 "warn",
-                f"no node of the partition offers GRES {executor.gres!r} ({gres or 'none'})",
+                f"no node of the partition offers GRES {wanted_gres!r} ({gres or 'none'})",
                 "set [executor] gres to the GPU GRES name of your cluster (gres.conf)",
             )
         )

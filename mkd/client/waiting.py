@@ -54,37 +54,18 @@ def wait_jobs(
     deadline = None if timeout is None else time.monotonic() + timeout
     store = Store.open(layout.db, readonly=True)
     try:
-        ids = []
-        for name in names:
-            job = store.find_job(name)
-            if job is None:
-                print(f"mkd: no job {name!r}", file=sys.stderr)
-                return EXIT_NOT_FOUND
-            ids.append(job.job_id)
+        ids = _job_ids(store, names)
+        if ids is None:
+            return EXIT_NOT_FOUND
         reported: set[str] = set()
         held: set[str] = set()
         drawn = 0
         warned = False
         while True:
-            jobs = [store.get_job(i) for i in ids]
+            jobs = [job for job in (store.get_job(i) for i in ids) if job is not None]
             if tty:
-                if drawn:
-                    stream.write(f"\x1b[{drawn}F")  # back to the first bar, redraw in place
-                for job in jobs:
-                    if job is not None:
-                        line = _line(store, job)
-                        stream.write("\x1b[2K" + paint(line, _colour(job), colour) + "\n")
-                drawn = len(jobs)
-                stream.flush()
-            for job in jobs:
-                if job is not None and job.state == "held" and job.job_id not in held:
-                    held.add(job.job_id)  # it will not end by itself
-                    print(f"mkd: {job.job_id} is held ({job.reason}); `mkd resume {job.job_id}`", file=sys.stderr)
-                if job is not None and job.state.finished and job.job_id not in reported:
-                    reported.add(job.job_id)
-                    if not tty:
-                        stream.write(f"{job.job_id}: {job.state.value} ({job.reason})\n")
-                        stream.flush()
+                drawn = _draw(stream, store, jobs, drawn, colour)
+            _report(stream, jobs, reported, held, tty)
             if len(reported) == len(ids):
                 break
             if not warned and lock_holder(layout) is None:
@@ -104,6 +85,41 @@ def wait_jobs(
             if job is not None:
                 stream.write(f"{job.job_id}: {job.state.value} ({job.reason})\n")
     return EXIT_FAILED if failed else 0
+
+
+def _job_ids(store: Store, names: list[str]) -> list[str] | None:
+    """The ids of the named jobs; None (said on stderr) when one is not a job."""
+    ids = []
+    for name in names:
+        job = store.find_job(name)
+        if job is None:
+            print(f"mkd: no job {name!r}", file=sys.stderr)
+            return None
+        ids.append(job.job_id)
+    return ids
+
+
+def _draw(stream: IO[str], store: Store, jobs: list[JobRecord], drawn: int, colour: bool) -> int:
+    """One bar per job, redrawn in place over the `drawn` lines of the last time; how many it drew."""
+    if drawn:
+        stream.write(f"\x1b[{drawn}F")  # back to the first bar
+    for job in jobs:
+        stream.write("\x1b[2K" + paint(_line(store, job), _colour(job), colour) + "\n")
+    stream.flush()
+    return len(jobs)
+
+
+def _report(stream: IO[str], jobs: list[JobRecord], reported: set[str], held: set[str], tty: bool) -> None:
+    """Say once that a job is held (it will not end by itself) and once that it ended."""
+    for job in jobs:
+        if job.state == "held" and job.job_id not in held:
+            held.add(job.job_id)
+            print(f"mkd: {job.job_id} is held ({job.reason}); `mkd resume {job.job_id}`", file=sys.stderr)
+        if job.state.finished and job.job_id not in reported:
+            reported.add(job.job_id)
+            if not tty:
+                stream.write(f"{job.job_id}: {job.state.value} ({job.reason})\n")
+                stream.flush()
 
 
 def _colour(job: JobRecord) -> str | None:
