@@ -116,32 +116,9 @@ def render(pieces: list[Piece], output: Path, title: str) -> None:
         end = xs[-1] if xs else piece.offset
         if piece.test_return is not None:
             draw(ret, "test stage: Mean Return", [end], [piece.test_return])
-        for axis in (ret, loss, rate):
-            axis.axvline(piece.offset, color="grey", linestyle="--", linewidth=0.8)
-        ret.annotate(
-            f"#{piece.number} {piece.stage}",
-            (piece.offset, 1.0),
-            xycoords=("data", "axes fraction"),
-            fontsize=8,
-            rotation=90,
-            va="top",
-            ha="right",
-        )
+        _mark_start(piece, ret, (ret, loss, rate))
         if piece.failure:
-            for axis in (ret, loss, rate):
-                axis.axvline(end, color=FAILED_COLOUR, linewidth=1.5)
-            last_return = next((_num(r.get("Train_Return")) for r in reversed(piece.rows)), 0.0)
-            ret.plot([end], [last_return], marker="X", markersize=14, color=FAILED_COLOUR, linestyle="")
-            ret.annotate(
-                f"{piece.failure}",
-                (end, 0.45),
-                xycoords=("data", "axes fraction"),
-                color=FAILED_COLOUR,
-                fontsize=9,
-                rotation=90,
-                va="bottom",
-                ha="left",
-            )
+            _mark_failure(piece, end, ret, (ret, loss, rate))
     ret.set_ylabel("return")
     loss.set_ylabel("loss")
     rate.set_ylabel("samples/s")
@@ -155,6 +132,25 @@ def render(pieces: list[Piece], output: Path, title: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     plt.close(figure)
+
+
+def _mark_start(piece: Piece, ret: Any, axes: tuple[Any, ...]) -> None:
+    """Where an attempt begins: a dashed line on every panel, its number and stage on the return panel."""
+    for axis in axes:
+        axis.axvline(piece.offset, color="grey", linestyle="--", linewidth=0.8)
+    label = f"#{piece.number} {piece.stage}"
+    ret.annotate(label, (piece.offset, 1.0), xycoords=("data", "axes fraction"), fontsize=8, rotation=90, va="top",
+                 ha="right")  # fmt: skip
+
+
+def _mark_failure(piece: Piece, end: float, ret: Any, axes: tuple[Any, ...]) -> None:
+    """Where an attempt failed: a red line on every panel, a red X at its last return, and its class."""
+    for axis in axes:
+        axis.axvline(end, color=FAILED_COLOUR, linewidth=1.5)
+    last_return = next((_num(r.get("Train_Return")) for r in reversed(piece.rows)), 0.0)
+    ret.plot([end], [last_return], marker="X", markersize=14, color=FAILED_COLOUR, linestyle="")
+    ret.annotate(f"{piece.failure}", (end, 0.45), xycoords=("data", "axes fraction"), color=FAILED_COLOUR,
+                 fontsize=9, rotation=90, va="bottom", ha="left")  # fmt: skip
 
 
 def _num(value: Any) -> float:
