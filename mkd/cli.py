@@ -456,6 +456,9 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+AddCommand = Callable[..., argparse.ArgumentParser]  # build_parser's add(name, func, help, examples, ...)
+
+
 class _Unbuilt:
     """Stands for a subcommand's parser that this run does not need (see build_parser's `only`)."""
 
@@ -514,6 +517,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         cmd.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return cmd
 
+    _job_file_commands(add)
+    _job_commands(add)
+    _job_change_commands(add)
+    _host_commands(add)
+    return parser
+
+
+def _job_file_commands(add: AddCommand) -> None:
+    """The daemon itself and what checks and drops job files."""
     add(
         "run",
         cmd_run,
@@ -544,6 +556,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         ("mkd validate FILE",),
     )
     cmd.add_argument("files", nargs="+", metavar="FILE")
+
+
+def _job_commands(add: AddCommand) -> None:
+    """What a person looks at: status and logs, and cancel."""
     cmd = add(
         "status",
         cmd_status,
@@ -593,6 +609,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         func = {"cancel": cmd_cancel, "pause": cmd_pause, "resume": cmd_resume}[verb]
         cmd = add(verb, func, help, (f"mkd {verb} JOB",), layout_only=True)
         cmd.add_argument("job", metavar="JOB")
+
+
+def _job_change_commands(add: AddCommand) -> None:
+    """What a person changes about jobs: retry, pause and resume, priority, wait, clean, shutdown."""
     cmd = add(
         "retry",
         cmd_retry,
@@ -647,6 +667,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         layout_only=True,
     )
     cmd.add_argument("--stop-runs", action="store_true", help="stop every run gracefully first")
+
+
+def _host_commands(add: AddCommand) -> None:
+    """Reports, the host and its GPUs, logs explained, completion, the service install."""
     cmd = add(
         "report",
         cmd_report,
@@ -713,7 +737,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from mkd.client.install_service import add_arguments as install_service_arguments
 
         install_service_arguments(cmd)
-    return parser
 
 
 def _load_config(path: str | None) -> tuple[DaemonConfig, Layout] | int:
