@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from mkd.report import attempt_dict
 from mkd.store import Store
 from mkd.store_views import status_rows
 
@@ -144,6 +143,8 @@ def show_job(store: Store, name: str, *, as_json: bool, rejected: Path | None = 
     attempts = store.attempts(job.job_id)
     events = store.events(job.job_id)
     if as_json:
+        from mkd.report import attempt_dict  # here, not at the top: the table needs neither it nor mkd.memory
+
         print(
             json.dumps(
                 {
