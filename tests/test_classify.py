@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mkd.memory import Plan
 from mkd.mimickit.classify import (
+    ADDRESS_SPACE_REMEDY,
     CAUSE_ORDER,
     MIMICKIT_CHECKS,
     PERMANENT,
@@ -53,7 +54,7 @@ FAILURES = [
     ("cpu_fail_visualize_without_value.stdout.txt", RC1, False, F.CONFIG_ERROR),
     ("cpu_fail_default_device_cuda0.stdout.txt", RC1, False, F.ENV_MISMATCH),
     ("cpu_fail_newton180_dof_passive_damping.stdout.txt", RC1, False, F.ENV_MISMATCH),
-    ("cpu_fail_ulimit_v_1000000KB.stdout.txt", RC1, False, F.ENV_MISMATCH),
+    ("cpu_fail_ulimit_v_1000000KB.stdout.txt", RC1, False, F.ENV_MISMATCH),  # its remedy: the address space
     ("gpu_h100_1gpu_fail_cuda_oom_hog_gpu0_at_start_nenv4096.stdout.txt", RC1, False, F.CUDA_OOM),
     ("gpu_h100_1gpu_fail_cuda_oom_hog_after_first_iteration_nenv4096.stdout.txt", RC1, False, F.CUDA_OOM),
     ("gpu_h100_2gpu_fail_rank1_cuda_oom_hog_gpu1_root_hangs.stdout.txt", KILL, True, F.STARTUP_MULTI_DEVICE),
@@ -84,7 +85,8 @@ def test_real_failures(name: str, exit_info: ExitInfo | None, multi: bool, expec
     assert found.evidence, "a classification always shows its evidence"
     lines = set(split_lines(text))
     assert all(line in lines for line in found.evidence), "evidence lines are verbatim log lines"
-    assert found.remedy == REMEDIES[expected]
+    specific = {s.remedy for s in SIGNATURES if s.failure is expected and s.remedy and s.pattern.search(text)}
+    assert found.remedy == (specific.pop() if len(specific) == 1 else REMEDIES[expected])
 
 
 def test_evidence_names_the_cause() -> None:
@@ -383,16 +385,19 @@ STEP_WORDS = {
 }
 
 
-def remedy_texts() -> list[tuple[FailureClass, str]]:
-    texts = list(REMEDIES.items())
-    texts += [(s.failure, s.remedy) for s in SIGNATURES if s.remedy is not None]
+def remedy_texts() -> list[tuple[FailureClass, str, bool]]:
+    texts = [(failure, text, False) for failure, text in REMEDIES.items()]
+    texts += [(s.failure, s.remedy, bool(s.permanent)) for s in SIGNATURES if s.remedy is not None]
     return texts
 
 
-@pytest.mark.parametrize(("failure", "remedy"), remedy_texts(), ids=lambda v: v[:40] if isinstance(v, str) else "")
-def test_every_remedy_says_what_the_policy_does(failure: FailureClass, remedy: str) -> None:
+@pytest.mark.parametrize(
+    ("failure", "remedy", "permanent"), remedy_texts(), ids=lambda v: v[:40] if isinstance(v, str) else ""
+)
+def test_every_remedy_says_what_the_policy_does(failure: FailureClass, remedy: str, permanent: bool) -> None:
+    """A signature marked permanent is not retried whatever its class's row says (decide sees permanent)."""
     defaults = Retry()
-    row = effective_row(failure)
+    row = ("give_up",) if permanent else effective_row(failure)
     if row == ("give_up",):
         assert remedy.startswith("Not retried"), remedy
         rest = remedy.removeprefix("Not retried")
@@ -422,8 +427,8 @@ def test_permanence_follows_the_policy_row() -> None:
 
 def test_decide_never_retries_a_class_whose_remedy_says_not_retried() -> None:
     rng = random.Random(1)
-    for failure, remedy in remedy_texts():
-        obs = Observation(stage_kind="train", failure=failure.value, permanent=failure in PERMANENT)
+    for failure, remedy, permanent in remedy_texts():
+        obs = Observation(stage_kind="train", failure=failure.value, permanent=permanent or failure in PERMANENT)
         decision = decide(obs, Plan(num_envs=128), Retry(), attempts_in_stage=1, no_progress_streak=1, rng=rng)
         assert (decision.action == "fail") == remedy.startswith("Not retried"), (failure, decision)
 
@@ -465,3 +470,33 @@ def test_peer_lost_lines_do_not_hide_a_real_cause() -> None:
     oom = "RuntimeError: Failed to allocate 34406400 bytes on device 'cuda:0'"
     found = classify(f"{read('cpu_train_nenv16_quick.stdout.txt')}{oom}\n{orphan}\n", RC1, multi_device=True)
     assert found is not None and found.failure is F.CUDA_OOM
+
+
+# -- an address-space limit (mimickit.md §6 ulimit row): one process, or only a spawned rank
+def test_an_address_space_limit_says_which_limit_to_raise_and_is_not_retried() -> None:
+    found = classify(read("cpu_fail_ulimit_v_1000000KB.stdout.txt"), RC1)
+    assert found is not None and found.failure is F.ENV_MISMATCH and found.permanent
+    assert found.remedy == ADDRESS_SPACE_REMEDY and "ulimit -v" in found.remedy
+    assert any("failed to map segment from shared object" in line for line in found.evidence)
+
+
+@pytest.mark.parametrize(
+    ("multi", "child_first", "expected", "permanent"),
+    [
+        (True, True, F.STARTUP_MULTI_DEVICE, False),  # only rank 1 hit the limit: the ladder goes on
+        (True, False, F.ENV_MISMATCH, True),  # the root hit it before any rank started: the same limit again
+        (False, True, F.ENV_MISMATCH, True),  # one process: nothing to step down to
+    ],
+)
+def test_where_the_address_space_ran_out_decides_the_class(
+    multi: bool, child_first: bool, expected: FailureClass, permanent: bool
+) -> None:
+    limit = [
+        "Traceback (most recent call last):",
+        "OSError: /venv/lib/python3.11/site-packages/warp/bin/warp.so: failed to map segment from shared object",
+        "RuntimeError: Failed to load the shared library '/venv/lib/python3.11/site-packages/warp/bin/warp.so'",
+    ]
+    child = ["Process Process-1:"]
+    text = "\n".join(["Building deepmimic env", *(child + limit if child_first else limit + child)]) + "\n"
+    found = classify(text, ExitInfo(None, 15), multi_device=multi, stage_kind="train")
+    assert found is not None and found.failure is expected and found.permanent is permanent

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mkd.client.explain import explain_file
@@ -143,7 +142,7 @@ def test_real_cpu_rank1_start_up_failure_is_killed_live_within_5_s() -> None:
     assert record["exit_json"]["stop_requested"] is True and record["exit_json"]["signal"] == 15
     assert record["signature_to_root_killed_s"] < 5.0
     assert record["group_at_signature"], "the root and rank 1 were alive when the signature came"
-    assert "env_mismatch" in record["mkd_status"][0], "what this mkd said (see the xfail below)"
+    assert "env_mismatch" in record["mkd_status"][0], "what the mkd of that run said (class A now: next test)"
 
 
 def test_the_same_run_by_hand_ran_on_for_minutes_after_rank_1_died() -> None:
@@ -158,13 +157,6 @@ def test_the_same_run_by_hand_ran_on_for_minutes_after_rank_1_died() -> None:
     assert any(v == "Z " for s in alive for v in s["group"].values()), "rank 1 a zombie the root never reaped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mkd/mimickit/classify.py: 'RuntimeError: Failed to load the shared library .../warp.so' matches "
-    "ENV_MISMATCH (permanent), which CAUSE_ORDER puts before STARTUP_MULTI_DEVICE ('Process Process-1:'); "
-    "the line above it, 'OSError: .../warp.so: failed to map segment from shared object', says rank 1 ran "
-    "out of address space, not that the environment is wrong",
-)
 def test_real_cpu_rank1_address_space_failure_is_class_a_not_an_environment_mismatch() -> None:
     log = (MIMICKIT_FIXTURES / f"{RANK1}.console.log").read_text(encoding="utf-8")
     found = classify(log, ExitInfo(None, 15), multi_device=True, stage_kind="train")
@@ -234,13 +226,6 @@ def test_h200_nvml_listed_each_attempt_root_beside_the_other_process() -> None:
         assert f"\n{root}, " in listing, f"attempt {n}'s root {root} on the GPU"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mkd/mimickit/classify.py has no signature for a visualize stage on a host without a CUDA driver: "
-    "Newton's viewer pins host memory, and the lines 'Warp CUDA error 35: CUDA driver version is insufficient "
-    "for CUDA runtime version (in function wp_alloc_pinned' and \"AttributeError: 'CpuPinnedAllocator' object "
-    "has no attribute 'device'\" end as unknown, retried unchanged",
-)
 def test_real_visualize_on_a_cpu_only_host_is_a_permanent_visualize_failure() -> None:
     """Real MimicKit on this 2-core CPU host under mkd, with Xvfb + Mesa: the GL window opened (Mesa's
     llvmpipe), then Newton's viewer failed to allocate pinned host memory without a CUDA driver."""

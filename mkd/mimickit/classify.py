@@ -54,6 +54,14 @@ class Signature:
     remedy: str | None = None  # overrides the class's remedy: what to fix for this very text
 
 
+# What to change when a process ran out of address space (the class stays env_mismatch: the same
+# limit fails the same way at every attempt, unless it hit only a spawned rank, see _rank_limit).
+ADDRESS_SPACE_REMEDY = (
+    "Not retried: a process ran out of address space while loading a shared library (ulimit -v, systemd's "
+    "LimitAS= or MemoryMax=, a Slurm --mem or cgroup limit): raise or lift that limit, then submit the job again."
+)
+
+
 def _sig(
     failure: FailureClass,
     pattern: str,
@@ -375,6 +383,17 @@ SIGNATURES: tuple[Signature, ...] = (
         permanent=True,
         needles=("openglrenderer requires pyglet",),
     ),
+    # seen on this CPU-only host under Xvfb + Mesa: the GL window opened, then Newton's viewer asked
+    # Warp for pinned host memory, which needs a CUDA driver; retrying with Mesa overrides cannot help
+    _sig(
+        _F.VISUALIZE_GL,
+        r"in function wp_alloc_pinned|'CpuPinnedAllocator' object has no attribute 'device'",
+        "seen: visualize under xvfb-run + Mesa on a CPU-only host (tests/fixtures/mimickit)",
+        permanent=True,
+        needles=("wp_alloc_pinned", "'cpupinnedallocator' object has no attribute 'device'"),
+        remedy="Not retried: Newton's viewer pins host memory through Warp's CUDA runtime, so the visualize "
+        "stage needs a host with an NVIDIA driver: run it on a GPU host, or leave the visualize stage out.",
+    ),
     _sig(
         _F.VISUALIZE_GL,
         r"GLSL 1\.50 is not supported",
@@ -425,6 +444,15 @@ SIGNATURES: tuple[Signature, ...] = (
         r"Failed to load the shared library .*warp",
         "seen: §6 ulimit -v 1 GB at Warp init",
         needles=("failed to load the shared library ",),
+    ),
+    # the OSError under that RuntimeError when the cause is memory, not the install: the process's
+    # address space (ulimit -v, LimitAS=, a Slurm or cgroup cap) ran out while mapping Warp's library
+    _sig(
+        _F.ENV_MISMATCH,
+        r"failed to map segment from shared object",
+        "seen: §6 ulimit -v 1 GB; rank 1 of a 2-process CPU run (tests/fixtures/mimickit)",
+        needles=("failed to map segment from shared object",),
+        remedy=ADDRESS_SPACE_REMEDY,
     ),
     # -- permanent configuration errors: plain tracebacks with rc 1 (§1, §6).
     _sig(
@@ -743,6 +771,9 @@ def _cause(hits: list[_Hit], *, multi_device: bool, startup_end: int) -> Classif
     for hit in hits:
         by_class.setdefault(hit.signature.failure, []).append(hit)
     children = [hit for hit in by_class.get(_F.STARTUP_MULTI_DEVICE, []) if hit.index < startup_end]
+    rank_limit = _rank_limit(by_class.get(_F.ENV_MISMATCH, []), children, multi_device=multi_device)
+    if rank_limit:
+        return _make(_F.STARTUP_MULTI_DEVICE, [hit.line for hit in sorted(children + rank_limit, key=_index)])
     for failure in CAUSE_ORDER:
         found = by_class.get(failure, [])
         if failure is _F.STARTUP_MULTI_DEVICE:
@@ -755,6 +786,21 @@ def _cause(hits: list[_Hit], *, multi_device: bool, startup_end: int) -> Classif
         remedy = next((hit.signature.remedy for hit in found if hit.signature.remedy), None)
         return _make(failure, [hit.line for hit in found], permanent, remedy)
     return None
+
+
+def _rank_limit(env_hits: list[_Hit], children: list[_Hit], *, multi_device: bool) -> list[_Hit]:
+    """A memory limit hit inside a spawned rank's start-up traceback: every environment hit comes
+    after a child's `Process Process-N:` and one of them is the address-space OSError. The install is
+    fine (the root loaded the same library); class A's ladder (fewer envs, then one device) is the way
+    on, not a permanent failure."""
+    if not (multi_device and children and env_hits):
+        return []
+    first_child = min(hit.index for hit in children)
+    if any(hit.index < first_child for hit in env_hits):
+        return []
+    if not any(hit.signature.remedy == ADDRESS_SPACE_REMEDY for hit in env_hits):
+        return []
+    return env_hits
 
 
 def _index(hit: _Hit) -> int:
