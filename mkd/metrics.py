@@ -71,7 +71,7 @@ All metric names:
     mkd_attempts_total, mkd_failures_total{class}, mkd_retries_total,
     mkd_rejected_files_total, mkd_intake_errors_total,
     mkd_internal_errors_total{step},
-    mkd_job_info{job_id,state,stage,devices,num_envs}, mkd_job_attempt,
+    mkd_job_info{job_id,state,stage,devices,num_envs,slurm_job_id,node}, mkd_job_attempt,
     mkd_job_iteration, mkd_job_samples_total, mkd_job_samples_per_second,
     mkd_job_train_return, mkd_job_test_return, mkd_job_best_test_return,
     mkd_job_train_episode_length, mkd_job_test_episode_length,
@@ -186,7 +186,7 @@ def _daemon_families(view: DaemonView) -> Iterator[Metric]:
     yield internal
 
 
-JOB_INFO_LABELS = ("job_id", "state", "stage", "devices", "num_envs")
+JOB_INFO_LABELS = ("job_id", "state", "stage", "devices", "num_envs", "slurm_job_id", "node")
 
 # (metric name, help, JobView attribute) for the per-job gauges labelled by job_id alone.
 _JOB_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -233,7 +233,9 @@ def _job_families(jobs: tuple[JobView, ...]) -> Iterator[Metric]:
     info = _gauge("mkd_job_info", "A job's state and settings (value 1).", JOB_INFO_LABELS)
     for j in jobs:
         num_envs = "" if j.num_envs is None else str(j.num_envs)
-        info.add_metric([j.job_id, j.state, j.stage or "", ",".join(j.devices), num_envs], 1)
+        info.add_metric(
+            [j.job_id, j.state, j.stage or "", ",".join(j.devices), num_envs, j.slurm_job_id or "", j.node or ""], 1
+        )
     yield info
     samples = CounterMetricFamily(
         "mkd_job_samples",

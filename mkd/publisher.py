@@ -151,7 +151,11 @@ class Publisher:
         offset = job.memory.stage.samples_offset
         samples = progress.get("samples")
         test = progress.get("test_result") or {}
-        gpus = live.gpu_indices if live else tuple(summary.get("params", {}).get("gpu_indices", []))
+        params = summary.get("params", {})
+        gpus = live.gpu_indices if live else tuple(params.get("gpu_indices", []))
+        granted = live.granted_gpus if live and live.granted_gpus is not None else params.get("granted_gpus")
+        if granted is not None:  # an outside scheduler (Slurm) chose them, on its node
+            gpus = tuple(granted)
         return JobView(
             job_id=job.job_id,
             state=job.state.value,
@@ -160,6 +164,8 @@ class Publisher:
             num_envs=None if job.plan is None else job.plan.num_envs,
             devices=tuple(f"cuda:{i}" for i in gpus),
             gpu_uuids=live.gpu_uuids if live else (),
+            slurm_job_id=summary.get("run_ref", {}).get("slurm_job_id"),
+            node=params.get("node"),
             iteration=_opt_int(progress.get("iteration")),
             samples=None if samples is None else int(samples) + offset,
             samples_per_second=_opt_float(progress.get("samples_per_second")),

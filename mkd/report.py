@@ -133,7 +133,9 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
         cpu = "cpu" if processes == 1 else f"cpu x{processes} processes"
         items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.gpu_indices) or cpu
         if final.params.granted_gpus is not None:
-            items[f"{label}: devices"] = f"GPU(s) {','.join(final.params.granted_gpus) or '-'} on {final.params.node}"
+            granted = f"GPU(s) {','.join(final.params.granted_gpus) or '-'} on {final.params.node}"
+            slurm_id = final.run_ref.get("slurm_job_id")
+            items[f"{label}: devices"] = granted + (f" (Slurm job {slurm_id})" if slurm_id else "")
         items[f"{label}: num_envs"] = str(final.params.num_envs)
         items[f"{label}: attempts"] = str(len(tried))
         items[f"{label}: exit"] = f"returncode {final.returncode}, signal {final.signal}, outcome {final.outcome}"

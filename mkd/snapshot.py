@@ -77,6 +77,8 @@ class JobView:
     num_envs: int | None = None
     devices: tuple[str, ...] = ()
     gpu_uuids: tuple[str, ...] = ()
+    slurm_job_id: str | None = None  # with [executor] kind = "slurm": the join key to a node's exporter
+    node: str | None = None  # where an outside scheduler ran it
     iteration: int | None = None
     samples: int | None = None  # stitched across attempts
     samples_per_second: float | None = None

@@ -60,7 +60,8 @@ def attempt_summaries(store: Store, job_ids: list[str]) -> dict[str, dict[str, A
         " (SELECT failure_class FROM attempts f WHERE f.job_id = a.job_id AND f.failure_class IS NOT NULL"
         "  ORDER BY f.id DESC LIMIT 1),"
         " (SELECT progress FROM attempts p WHERE p.id = m.last_id),"
-        " (SELECT params FROM attempts p WHERE p.id = m.last_id)"
+        " (SELECT params FROM attempts p WHERE p.id = m.last_id),"
+        " (SELECT run_ref FROM attempts p WHERE p.id = m.last_id)"
         f" FROM attempts a JOIN (SELECT job_id, MAX(id) AS last_id FROM attempts WHERE job_id IN ({marks})"
         " GROUP BY job_id) m ON m.job_id = a.job_id GROUP BY a.job_id"
     )
@@ -71,6 +72,7 @@ def attempt_summaries(store: Store, job_ids: list[str]) -> dict[str, dict[str, A
             "last_failure": r[3],
             "progress": json.loads(r[4]),
             "params": json.loads(r[5]),
+            "run_ref": json.loads(r[6] or "{}"),
         }
         for r in store.query(sql, job_ids)
     }

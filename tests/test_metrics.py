@@ -217,8 +217,9 @@ def test_job_metrics() -> None:
     _, s = scrape(view())
 
     info = {"job_id": "walk-1", "state": "running", "stage": "train", "devices": "cuda:0,cuda:1"}
-    assert value(s, "mkd_job_info", **info, num_envs="4096") == 1
-    assert value(s, "mkd_job_info", job_id="probe-3", state="succeeded", stage="", devices="", num_envs="") == 1
+    assert value(s, "mkd_job_info", **info, num_envs="4096", slurm_job_id="", node="") == 1
+    done = {"job_id": "probe-3", "state": "succeeded", "stage": "", "devices": "", "num_envs": ""}
+    assert value(s, "mkd_job_info", **done, slurm_job_id="", node="") == 1
     expected = {
         "mkd_job_attempt": 2,
         "mkd_job_iteration": 1200,
@@ -597,3 +598,12 @@ def test_daemon_on_a_taken_port_keeps_supervising(home: Home) -> None:
     assert len(errors) == 1 and f"127.0.0.1:{port} ([metrics] port)" in errors[0]
     assert "Traceback" not in log
     assert not (home.root / "var" / "metrics.port").exists()
+
+
+def test_a_slurm_job_carries_its_slurm_job_id_and_node_for_the_join_with_a_nodes_exporter() -> None:
+    slurm = JobView(
+        job_id="on-cluster", state="running", stage="1-train", devices=("cuda:1",), slurm_job_id="42", node="n1"
+    )
+    _, s = scrape(DaemonView(started_at=1.0, jobs=[slurm]))
+    labels = {"job_id": "on-cluster", "state": "running", "stage": "1-train", "devices": "cuda:1", "num_envs": ""}
+    assert value(s, "mkd_job_info", **labels, slurm_job_id="42", node="n1") == 1

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 from mkd.client.doctor_slurm import slurm_checks
 from mkd.config import DaemonConfig, ExecutorConfig
 from tests.harness import Home, mimickit_job, new_token, processes_with_token, wait_for
-from tests.slurm.cluster import Cluster, ClusterError, missing_binaries
+from tests.slurm.cluster import NODE, Cluster, ClusterError, missing_binaries
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +139,13 @@ def test_fast_path_train_then_test_through_slurm(slurm_home: Home, cluster: Clus
     assert len({slurm_id(a) for a in attempts}) == 2
     shown = json.loads(slurm_home.mkd("status", "fast", "--json", check=True).stdout)["attempts"]
     assert [a["slurm_job_id"] for a in shown] == [slurm_id(a) for a in attempts]  # the join key for node metrics
+    last = slurm_id(attempts[-1])
+    report = (slurm_home.root / "runs" / "fast" / "report.md").read_text()
+    assert f"(Slurm job {slurm_id(attempts[0])})" in report and f"(Slurm job {last})" in report
+    with urllib.request.urlopen(f"http://127.0.0.1:{slurm_home.metrics_port()}/metrics", timeout=10) as response:
+        info = [line for line in response.read().decode().splitlines() if line.startswith("mkd_job_info{")]
+    mine = [line for line in info if 'job_id="fast"' in line]
+    assert len(mine) == 1 and f'slurm_job_id="{last}"' in mine[0] and f'node="{NODE}"' in mine[0], info
     test_console = (Path(attempts[1]["dir"]) / "console.log").read_text()
     assert "Mean Return" in test_console
     assert (Path(attempts[0]["dir"]) / "out" / "model.pt").exists()
