@@ -520,6 +520,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _job_file_commands(add)
     _job_commands(add)
     _job_change_commands(add)
+    _queue_commands(add)
+    _result_commands(add)
     _host_commands(add)
     return parser
 
@@ -559,7 +561,7 @@ def _job_file_commands(add: AddCommand) -> None:
 
 
 def _job_commands(add: AddCommand) -> None:
-    """What a person looks at: status and logs, and cancel."""
+    """What a person looks at: status and logs."""
     cmd = add(
         "status",
         cmd_status,
@@ -601,6 +603,10 @@ def _job_commands(add: AddCommand) -> None:
     cmd.add_argument("--attempt", type=int, metavar="K", help="attempt number K (default: the latest)")
     cmd.add_argument("--all-attempts", action="store_true", help="every attempt, each under a header")
     cmd.add_argument("--json", action="store_true", help="the logs' metadata (paths, sizes, attempts), not their text")
+
+
+def _job_change_commands(add: AddCommand) -> None:
+    """What a person changes about one job: cancel, pause and resume, retry, priority."""
     for verb, help in (
         ("cancel", "cancel a job (jobs/control/JOB.cancel)"),
         ("pause", "hold a queued job; stop a running one, to resume from its last model.pt (JOB.pause)"),
@@ -609,10 +615,6 @@ def _job_commands(add: AddCommand) -> None:
         func = {"cancel": cmd_cancel, "pause": cmd_pause, "resume": cmd_resume}[verb]
         cmd = add(verb, func, help, (f"mkd {verb} JOB",), layout_only=True)
         cmd.add_argument("job", metavar="JOB")
-
-
-def _job_change_commands(add: AddCommand) -> None:
-    """What a person changes about jobs: retry, pause and resume, priority, wait, clean, shutdown."""
     cmd = add(
         "retry",
         cmd_retry,
@@ -640,6 +642,10 @@ def _job_change_commands(add: AddCommand) -> None:
     )
     cmd.add_argument("job", metavar="JOB")
     cmd.add_argument("priority", metavar="N", help="a whole number from -1000 to 1000")
+
+
+def _queue_commands(add: AddCommand) -> None:
+    """The queue as a whole: wait for jobs to end, forget finished ones, stop the daemon."""
     cmd = add(
         "wait",
         cmd_wait,
@@ -669,8 +675,8 @@ def _job_change_commands(add: AddCommand) -> None:
     cmd.add_argument("--stop-runs", action="store_true", help="stop every run gracefully first")
 
 
-def _host_commands(add: AddCommand) -> None:
-    """Reports, the host and its GPUs, logs explained, completion, the service install."""
+def _result_commands(add: AddCommand) -> None:
+    """What a job left: its report, its training plotted, a console log explained."""
     cmd = add(
         "report",
         cmd_report,
@@ -681,14 +687,6 @@ def _host_commands(add: AddCommand) -> None:
     cmd.add_argument("job", metavar="JOB")
     cmd.add_argument("--json", action="store_true", help="runs/JOB/status.json instead")
     cmd = add(
-        "gpus",
-        cmd_gpus,
-        "GPUs as NVML sees them, and which job holds each",
-        ("mkd gpus", "mkd gpus --json"),
-        layout_only=True,
-    )
-    cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    cmd = add(
         "plot",
         cmd_plot,
         "draw return, losses and samples/s against samples, across attempts (needs mkd[plot])",
@@ -697,13 +695,6 @@ def _host_commands(add: AddCommand) -> None:
     )
     cmd.add_argument("job", metavar="JOB")
     cmd.add_argument("-o", "--output", metavar="FILE.png", help="where to write the PNG (default: runs/JOB/plot.png)")
-    cmd = add(
-        "doctor",
-        cmd_doctor,
-        "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs",
-        ("mkd doctor", "mkd doctor --mimickit-dir MIMICKIT_DIR"),
-    )
-    cmd.add_argument("--mimickit-dir", help="MimicKit checkout to check (default: the config's)")
     cmd = add(
         "explain",
         cmd_explain,
@@ -714,6 +705,25 @@ def _host_commands(add: AddCommand) -> None:
         from mkd.client.explain import add_arguments as explain_arguments
 
         explain_arguments(cmd)
+
+
+def _host_commands(add: AddCommand) -> None:
+    """The host: its GPUs, the runbook's precheck, shell completion, the service install."""
+    cmd = add(
+        "gpus",
+        cmd_gpus,
+        "GPUs as NVML sees them, and which job holds each",
+        ("mkd gpus", "mkd gpus --json"),
+        layout_only=True,
+    )
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    cmd = add(
+        "doctor",
+        cmd_doctor,
+        "the runbook's precheck: torch/CUDA, newton/warp versions, MimicKit, GPUs",
+        ("mkd doctor", "mkd doctor --mimickit-dir MIMICKIT_DIR"),
+    )
+    cmd.add_argument("--mimickit-dir", help="MimicKit checkout to check (default: the config's)")
     cmd = add(
         "completion",
         cmd_completion,

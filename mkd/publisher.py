@@ -11,6 +11,7 @@ from mkd import report
 from mkd.fsutil import atomic_write, atomic_write_json
 from mkd.gpu_ledger import GpuLedger
 from mkd.gpus import attribute_processes
+from mkd.live import LiveAttempt
 from mkd.mirror import place_job_file
 from mkd.runs import Runs
 from mkd.snapshot import DaemonView, JobView, internal_errors_by_step, with_earlier_results
@@ -152,17 +153,13 @@ class Publisher:
         samples = progress.get("samples")
         test = progress.get("test_result") or {}
         params = summary.get("params", {})
-        gpus = live.gpu_indices if live else tuple(params.get("gpu_indices", []))
-        granted = live.granted_gpus if live and live.granted_gpus is not None else params.get("granted_gpus")
-        if granted is not None:  # an outside scheduler (Slurm) chose them, on its node
-            gpus = tuple(granted)
         return JobView(
             job_id=job.job_id,
             state=job.state.value,
             stage=stage.label(job.stage_index),
             attempt=int(summary.get("attempts", 0)),
             num_envs=None if job.plan is None else job.plan.num_envs,
-            devices=tuple(f"cuda:{i}" for i in gpus),
+            devices=_devices(live, params),
             gpu_uuids=live.gpu_uuids if live else (),
             slurm_job_id=summary.get("run_ref", {}).get("slurm_job_id"),
             node=params.get("node"),
@@ -197,6 +194,16 @@ def _opt_float(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _devices(live: LiveAttempt | None, params: dict[str, Any]) -> tuple[str, ...]:
+    """The GPUs a job's attempt runs on: mkd's placement, or what an outside scheduler (Slurm) granted
+    on its node; the live attempt's when there is one, else the last attempt's recorded params."""
+    granted = live.granted_gpus if live and live.granted_gpus is not None else params.get("granted_gpus")
+    if granted is not None:
+        return tuple(f"cuda:{g}" for g in granted)
+    gpus = live.gpu_indices if live else params.get("gpu_indices", [])
+    return tuple(f"cuda:{i}" for i in gpus)
 
 
 def _opt_int(value: Any) -> int | None:

@@ -112,6 +112,17 @@ def _stage_attempts(attempts: list[AttemptRecord], label: str) -> list[AttemptRe
     return [a for a in attempts if a.stage_label == label]
 
 
+def _devices(attempt: AttemptRecord) -> str:
+    """Where an attempt ran: mkd's GPUs or the CPU, or what Slurm granted on which node, with its job id."""
+    params = attempt.params
+    if params.granted_gpus is not None:
+        slurm_id = attempt.run_ref.get("slurm_job_id")
+        granted = f"GPU(s) {','.join(params.granted_gpus) or '-'} on {params.node}"
+        return granted + (f" (Slurm job {slurm_id})" if slurm_id else "")
+    cpu = "cpu" if params.processes == 1 else f"cpu x{params.processes} processes"
+    return ",".join(f"cuda:{i}" for i in params.gpu_indices) or cpu
+
+
 def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> dict[str, str]:
     """The runbook's output checklist as ordered key/value lines."""
     from mkd.mimickit.results import check_train_artifacts
@@ -129,13 +140,7 @@ def checklist(job: JobRecord, spec: JobSpec, attempts: list[AttemptRecord]) -> d
         final = tried[-1]
         out_dir = Path(final.dir) / "out"
         items[f"{label}: command"] = _command(final)
-        processes = final.params.processes
-        cpu = "cpu" if processes == 1 else f"cpu x{processes} processes"
-        items[f"{label}: devices"] = ",".join(f"cuda:{i}" for i in final.params.gpu_indices) or cpu
-        if final.params.granted_gpus is not None:
-            granted = f"GPU(s) {','.join(final.params.granted_gpus) or '-'} on {final.params.node}"
-            slurm_id = final.run_ref.get("slurm_job_id")
-            items[f"{label}: devices"] = granted + (f" (Slurm job {slurm_id})" if slurm_id else "")
+        items[f"{label}: devices"] = _devices(final)
         items[f"{label}: num_envs"] = str(final.params.num_envs)
         items[f"{label}: attempts"] = str(len(tried))
         items[f"{label}: exit"] = f"returncode {final.returncode}, signal {final.signal}, outcome {final.outcome}"

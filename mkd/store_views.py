@@ -59,11 +59,9 @@ def attempt_summaries(store: Store, job_ids: list[str]) -> dict[str, dict[str, A
         "SELECT a.job_id, COUNT(*), SUM(a.failure_class IS NOT NULL AND a.id < m.last_id),"
         " (SELECT failure_class FROM attempts f WHERE f.job_id = a.job_id AND f.failure_class IS NOT NULL"
         "  ORDER BY f.id DESC LIMIT 1),"
-        " (SELECT progress FROM attempts p WHERE p.id = m.last_id),"
-        " (SELECT params FROM attempts p WHERE p.id = m.last_id),"
-        " (SELECT run_ref FROM attempts p WHERE p.id = m.last_id)"
+        " l.progress, l.params, l.run_ref"
         f" FROM attempts a JOIN (SELECT job_id, MAX(id) AS last_id FROM attempts WHERE job_id IN ({marks})"
-        " GROUP BY job_id) m ON m.job_id = a.job_id GROUP BY a.job_id"
+        " GROUP BY job_id) m ON m.job_id = a.job_id JOIN attempts l ON l.id = m.last_id GROUP BY a.job_id"
     )
     return {
         str(r[0]): {

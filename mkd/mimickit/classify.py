@@ -52,6 +52,9 @@ class Signature:
     # of console output before any regex; tests check them against generated matches.
     needles: tuple[str, ...] = ()
     remedy: str | None = None  # overrides the class's remedy: what to fix for this very text
+    # A limit of one process (its address space): seen only in a spawned rank's start-up, it is
+    # that rank's start-up failure (class A), whatever the signature's own class (see _rank_limit).
+    per_process: bool = False
 
 
 # What to change when a process ran out of address space (the class stays env_mismatch: the same
@@ -71,11 +74,21 @@ def _sig(
     permanent: bool | None = None,
     needles: tuple[str, ...],
     remedy: str | None = None,
+    per_process: bool = False,
 ) -> Signature:
     # ASCII: console texts are ASCII, and a needle must hold for every match (Unicode case folding
     # would let "ſhader" match "shader").
     compiled = re.compile(pattern, re.ASCII)
-    return Signature(failure, compiled, source, live=live, permanent=permanent, needles=needles, remedy=remedy)
+    return Signature(
+        failure,
+        compiled,
+        source,
+        live=live,
+        permanent=permanent,
+        needles=needles,
+        remedy=remedy,
+        per_process=per_process,
+    )
 
 
 _F = FailureClass
@@ -453,6 +466,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "seen: §6 ulimit -v 1 GB; rank 1 of a 2-process CPU run (tests/fixtures/mimickit)",
         needles=("failed to map segment from shared object",),
         remedy=ADDRESS_SPACE_REMEDY,
+        per_process=True,
     ),
     # -- permanent configuration errors: plain tracebacks with rc 1 (§1, §6).
     _sig(
@@ -790,7 +804,7 @@ def _cause(hits: list[_Hit], *, multi_device: bool, startup_end: int) -> Classif
 
 def _rank_limit(env_hits: list[_Hit], children: list[_Hit], *, multi_device: bool) -> list[_Hit]:
     """A memory limit hit inside a spawned rank's start-up traceback: every environment hit comes
-    after a child's `Process Process-N:` and one of them is the address-space OSError. The install is
+    after a child's `Process Process-N:` and one of them is a per-process limit. The install is
     fine (the root loaded the same library); class A's ladder (fewer envs, then one device) is the way
     on, not a permanent failure."""
     if not (multi_device and children and env_hits):
@@ -798,7 +812,7 @@ def _rank_limit(env_hits: list[_Hit], children: list[_Hit], *, multi_device: boo
     first_child = min(hit.index for hit in children)
     if any(hit.index < first_child for hit in env_hits):
         return []
-    if not any(hit.signature.remedy == ADDRESS_SPACE_REMEDY for hit in env_hits):
+    if not any(hit.signature.per_process for hit in env_hits):
         return []
     return env_hits
 
